@@ -1,0 +1,2 @@
+//! berthctl: the berth operator CLI (stub).
+fn main() {}

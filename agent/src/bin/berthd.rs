@@ -1,0 +1,2 @@
+//! berthd: the berth agent daemon (stub).
+fn main() {}

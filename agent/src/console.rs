@@ -1,0 +1,71 @@
+//! The console contract: one machine-readable line per state change.
+//!
+//! Boot tests, acceptance checks and operators grep the serial console for these lines, so
+//! their wording is an interface: change it only together with `docs/ARCHITECTURE.md`.
+
+use std::fmt;
+use std::io::Write;
+
+/// A state change berthd reports on the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// berthd is up.
+    AgentStarted,
+    /// A container's process was started.
+    Running { container: &'a str, pid: i32 },
+    /// A container's process ended with an exit code (128+N when killed by signal N).
+    Exited { container: &'a str, code: i32 },
+    /// Every container that should run is running.
+    Ready { running: usize, declared: usize },
+    /// Something went wrong that the operator must see; `what` names where and why.
+    Error { what: String },
+}
+
+impl fmt::Display for Event<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::AgentStarted => write!(f, "berth: agent started"),
+            Event::Running { container, pid } => {
+                write!(f, "berth: container={container} state=running pid={pid}")
+            }
+            Event::Exited { container, code } => {
+                write!(f, "berth: container={container} state=exited code={code}")
+            }
+            Event::Ready { running, declared } => {
+                write!(f, "berth: ready containers={running}/{declared}")
+            }
+            Event::Error { what } => write!(f, "berth: error: {what}"),
+        }
+    }
+}
+
+/// Print one event line on stdout (berthd's stdout is the console) in a single write.
+pub fn emit(event: &Event<'_>) {
+    let line = format!("{event}\n");
+    let mut out = std::io::stdout().lock();
+    // Nothing sensible can be done when the console itself fails.
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_match_the_console_contract() {
+        assert_eq!(Event::AgentStarted.to_string(), "berth: agent started");
+        assert_eq!(
+            Event::Running { container: "web", pid: 42 }.to_string(),
+            "berth: container=web state=running pid=42"
+        );
+        assert_eq!(
+            Event::Exited { container: "web", code: 137 }.to_string(),
+            "berth: container=web state=exited code=137"
+        );
+        assert_eq!(
+            Event::Ready { running: 2, declared: 3 }.to_string(),
+            "berth: ready containers=2/3"
+        );
+    }
+}

@@ -1,0 +1,2 @@
+//! berth PID 1 (stub).
+fn main() {}

@@ -1,0 +1,276 @@
+//! Finding the state partition (`berth-state`) for `/var/lib/berth`.
+//!
+//! A block device qualifies when its GPT partition name is `berth-state` (`PARTNAME=` in its
+//! sysfs `uevent`) or when it holds an ext4 filesystem labelled `berth-state`. Virtio disks can
+//! appear a little after PID 1 starts, so discovery polls for a bounded time. Everything takes
+//! directory paths so tests use temporary directories.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// GPT partition name or ext4 label of the state partition.
+pub const STATE_LABEL: &str = "berth-state";
+/// Where the state lives.
+pub const STATE_DIR: &str = "/var/lib/berth";
+
+/// Offset of the ext4 superblock on the device.
+const SUPERBLOCK_OFFSET: usize = 1024;
+/// Offset of `s_magic` inside the superblock.
+const MAGIC_OFFSET: usize = 0x38;
+/// ext2/3/4 superblock magic.
+const EXT4_MAGIC: u16 = 0xEF53;
+/// Offset and length of `s_volume_name` inside the superblock.
+const LABEL_OFFSET: usize = 0x78;
+const LABEL_LEN: usize = 16;
+
+/// How the state directory is backed; passed to the agent as `BERTH_STATE_MODE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateMode {
+    /// On the state partition: survives reboots.
+    Persistent,
+    /// On a tmpfs: lost at power-off.
+    Ephemeral,
+}
+
+impl StateMode {
+    /// The value of `BERTH_STATE_MODE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateMode::Persistent => "persistent",
+            StateMode::Ephemeral => "ephemeral",
+        }
+    }
+}
+
+/// How a device was recognised as the state partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    /// GPT partition name.
+    PartName,
+    /// ext4 filesystem label.
+    FsLabel,
+}
+
+/// `PARTNAME=` from a sysfs block `uevent` file, if present.
+pub fn parse_uevent_partname(uevent: &str) -> Option<&str> {
+    uevent
+        .lines()
+        .find_map(|line| line.strip_prefix("PARTNAME="))
+        .map(str::trim_end)
+}
+
+/// The ext4 (ext2/3) volume label from the first bytes of a device (at least 2048), or `None`
+/// when the buffer holds no ext superblock. The label stops at the first NUL.
+pub fn parse_ext4_label(device_start: &[u8]) -> Option<String> {
+    let sb = device_start.get(SUPERBLOCK_OFFSET..)?;
+    let magic = sb.get(MAGIC_OFFSET..MAGIC_OFFSET + 2)?;
+    if u16::from_le_bytes([magic[0], magic[1]]) != EXT4_MAGIC {
+        return None;
+    }
+    let raw = sb.get(LABEL_OFFSET..LABEL_OFFSET + LABEL_LEN)?;
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    Some(String::from_utf8_lossy(&raw[..end]).into_owned())
+}
+
+/// Whether a `/sys/class/block` entry names a device worth probing (not loop/ram/zram).
+fn is_candidate(name: &str) -> bool {
+    !(name.starts_with("loop") || name.starts_with("ram") || name.starts_with("zram"))
+}
+
+/// Block device names under `sys_class_block`, sorted, without loop/ram devices.
+pub fn block_devices(sys_class_block: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(sys_class_block)
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| is_candidate(n))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn read_device_start(path: &Path) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; SUPERBLOCK_OFFSET * 2];
+    let mut file = fs::File::open(path).ok()?;
+    file.read_exact(&mut buf).ok()?;
+    Some(buf)
+}
+
+/// One scan: the state device node under `dev` (e.g. `/dev/vda2`), if any. A GPT partition
+/// name match wins over an ext4 label match.
+pub fn find_state_device(sys_class_block: &Path, dev: &Path) -> Option<(PathBuf, Match)> {
+    let names = block_devices(sys_class_block);
+    for name in &names {
+        let uevent = fs::read_to_string(sys_class_block.join(name).join("uevent"));
+        if uevent.ok().as_deref().and_then(parse_uevent_partname) == Some(STATE_LABEL) {
+            return Some((dev.join(name), Match::PartName));
+        }
+    }
+    for name in &names {
+        let node = dev.join(name);
+        if read_device_start(&node).and_then(|b| parse_ext4_label(&b)).as_deref()
+            == Some(STATE_LABEL)
+        {
+            return Some((node, Match::FsLabel));
+        }
+    }
+    None
+}
+
+/// Polling budget for [`discover`].
+#[derive(Debug, Clone, Copy)]
+pub struct Poll {
+    /// Give up after this long in total.
+    pub total: Duration,
+    /// Give up after this long if no block device exists at all.
+    pub no_disks: Duration,
+    /// Pause between scans.
+    pub interval: Duration,
+}
+
+impl Default for Poll {
+    fn default() -> Self {
+        Poll {
+            total: Duration::from_secs(2),
+            no_disks: Duration::from_millis(300),
+            interval: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Scan until the state device shows up or the budget runs out; returns as soon as found.
+pub fn discover(sys_class_block: &Path, dev: &Path, poll: Poll) -> Option<(PathBuf, Match)> {
+    let start = Instant::now();
+    loop {
+        if let Some(found) = find_state_device(sys_class_block, dev) {
+            return Some(found);
+        }
+        let waited = start.elapsed();
+        let budget = if block_devices(sys_class_block).is_empty() {
+            poll.no_disks
+        } else {
+            poll.total
+        };
+        if waited >= budget {
+            return None;
+        }
+        std::thread::sleep(poll.interval.min(budget - waited));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn superblock(magic: u16, label: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; 2048];
+        buf[1024 + 0x38..1024 + 0x3a].copy_from_slice(&magic.to_le_bytes());
+        buf[1024 + 0x78..1024 + 0x78 + label.len()].copy_from_slice(label);
+        buf
+    }
+
+    #[test]
+    fn reads_ext4_label() {
+        assert_eq!(
+            parse_ext4_label(&superblock(0xEF53, b"berth-state")).as_deref(),
+            Some("berth-state")
+        );
+        // A full 16-byte label has no terminating NUL.
+        assert_eq!(
+            parse_ext4_label(&superblock(0xEF53, b"0123456789abcdef")).as_deref(),
+            Some("0123456789abcdef")
+        );
+        assert_eq!(parse_ext4_label(&superblock(0xEF53, b"")).as_deref(), Some(""));
+    }
+
+    #[test]
+    fn label_stops_at_first_nul() {
+        assert_eq!(
+            parse_ext4_label(&superblock(0xEF53, b"berth\0state\0\0")).as_deref(),
+            Some("berth")
+        );
+    }
+
+    #[test]
+    fn wrong_magic_or_short_buffer_is_not_ext4() {
+        assert_eq!(parse_ext4_label(&superblock(0x53EF, b"berth-state")), None);
+        assert_eq!(parse_ext4_label(&superblock(0, b"berth-state")), None);
+        assert_eq!(parse_ext4_label(&[0u8; 1100]), None);
+        assert_eq!(parse_ext4_label(&[]), None);
+    }
+
+    #[test]
+    fn reads_partname_from_uevent() {
+        let uevent = "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nDISKSEQ=9\n\
+                      PARTN=2\nPARTNAME=berth-state\n";
+        assert_eq!(parse_uevent_partname(uevent), Some("berth-state"));
+        assert_eq!(parse_uevent_partname("MAJOR=254\nDEVTYPE=disk\n"), None);
+        assert_eq!(parse_uevent_partname("PARTNAME=\n"), Some(""));
+    }
+
+    fn fake_block(root: &Path, name: &str, uevent: &str, content: Option<Vec<u8>>) {
+        let sys = root.join("sys").join(name);
+        fs::create_dir_all(&sys).unwrap();
+        fs::write(sys.join("uevent"), uevent).unwrap();
+        fs::create_dir_all(root.join("dev")).unwrap();
+        if let Some(bytes) = content {
+            fs::write(root.join("dev").join(name), bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn finds_by_partname_before_label() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fake_block(root, "vda", "DEVTYPE=disk\n", Some(superblock(0xEF53, b"berth-state")));
+        fake_block(root, "vdb1", "DEVTYPE=partition\nPARTNAME=berth-state\n", None);
+        let (dev, how) = find_state_device(&root.join("sys"), &root.join("dev")).unwrap();
+        assert_eq!(dev, root.join("dev/vdb1"));
+        assert_eq!(how, Match::PartName);
+    }
+
+    #[test]
+    fn finds_by_ext4_label_and_skips_loop_devices() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fake_block(root, "loop0", "", Some(superblock(0xEF53, b"berth-state")));
+        fake_block(root, "vda", "DEVTYPE=disk\n", Some(superblock(0xEF53, b"other")));
+        fake_block(root, "vdb", "DEVTYPE=disk\n", Some(vec![0; 100]));
+        fake_block(root, "vdc", "DEVTYPE=disk\n", Some(superblock(0xEF53, b"berth-state")));
+        let (dev, how) = find_state_device(&root.join("sys"), &root.join("dev")).unwrap();
+        assert_eq!(dev, root.join("dev/vdc"));
+        assert_eq!(how, Match::FsLabel);
+    }
+
+    #[test]
+    fn gives_up_quickly_without_disks() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tmp.path().join("sys")).unwrap();
+        let poll = Poll {
+            total: Duration::from_secs(30),
+            no_disks: Duration::from_millis(100),
+            interval: Duration::from_millis(20),
+        };
+        let start = Instant::now();
+        assert_eq!(discover(&tmp.path().join("sys"), tmp.path(), poll), None);
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn waits_up_to_the_total_budget_with_disks_present() {
+        let tmp = tempfile::tempdir().unwrap();
+        fake_block(tmp.path(), "vda", "DEVTYPE=disk\n", Some(vec![0; 4096]));
+        let poll = Poll {
+            total: Duration::from_millis(200),
+            no_disks: Duration::ZERO,
+            interval: Duration::from_millis(20),
+        };
+        let start = Instant::now();
+        assert_eq!(discover(&tmp.path().join("sys"), &tmp.path().join("dev"), poll), None);
+        assert!(start.elapsed() >= Duration::from_millis(200));
+    }
+}

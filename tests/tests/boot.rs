@@ -1,0 +1,93 @@
+//! Boot tests: the demo image under QEMU (TCG), read through the serial console.
+//!
+//! The image comes from `BERTH_TEST_IMAGE` (set by `tests/run`), or is built here with
+//! `image-build/build-demo` when that is unset, so `cargo test` alone also works.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use berth_tests::{free_port, http_get, workspace_root, BootOptions, Guest};
+
+/// Generous bounds for TCG on a loaded 2-core machine; a healthy boot takes seconds.
+const BOOT: Duration = Duration::from_secs(120);
+const STEP: Duration = Duration::from_secs(60);
+const QEMU_LIMIT: Duration = Duration::from_secs(300);
+
+fn demo_image() -> PathBuf {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            if let Some(dir) = std::env::var_os("BERTH_TEST_IMAGE") {
+                return PathBuf::from(dir);
+            }
+            let out = Command::new(workspace_root().join("image-build/build-demo"))
+                .output()
+                .expect("run image-build/build-demo");
+            assert!(
+                out.status.success(),
+                "image-build/build-demo failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        })
+        .clone()
+}
+
+#[test]
+fn demo_boots_serves_http_and_powers_off_in_order() {
+    let port = free_port().unwrap();
+    let mut guest = Guest::boot(&BootOptions {
+        image: demo_image(),
+        limit: QEMU_LIMIT,
+        forwards: vec![(port, 8080)],
+        append: String::new(),
+    })
+    .unwrap();
+
+    guest.wait_for("berth: init started", BOOT).unwrap();
+    guest.wait_for("berth: agent started", STEP).unwrap();
+    // The one-shot container's output, prefixed with its name, then its exit line.
+    guest.wait_for("hello | hello from berth", STEP).unwrap();
+    guest
+        .wait_for("berth: container=hello state=exited code=0", STEP)
+        .unwrap();
+    guest.wait_for("berth: ready containers=", STEP).unwrap();
+
+    // The web container answers on the forwarded port.
+    let mut answer = None;
+    for _ in 0..60 {
+        match http_get(port, "/", Duration::from_secs(5)) {
+            Ok(reply) => {
+                answer = Some(reply);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+    let (status, body) = answer.expect("the demo web container never answered");
+    assert_eq!(status, 200, "body: {body}");
+    assert!(body.contains("hello from the berth demo"), "body: {body}");
+
+    // Ordered power-off through PID 1: the ACPI power button, as a cloud's "stop" presses it.
+    guest.power_button().unwrap();
+    guest.wait_for("berth: shutdown requested", STEP).unwrap();
+    guest
+        .wait_until("web exits", STEP, |l| {
+            l.starts_with("berth: container=web state=exited")
+        })
+        .unwrap();
+    guest.wait_for("berth: poweroff", STEP).unwrap();
+    let status = guest.wait_exit(STEP).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+
+    let console = guest.console().join("\n");
+    for bad in ["Kernel panic", "Attempted to kill init", "panicked at"] {
+        assert!(!console.contains(bad), "console shows {bad:?}");
+    }
+    // The agent stopped its containers before PID 1 powered off.
+    let web_exit = console.find("berth: container=web state=exited").unwrap();
+    let poweroff = console.find("berth: poweroff").unwrap();
+    assert!(web_exit < poweroff, "web exited after power-off");
+}

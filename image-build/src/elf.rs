@@ -263,7 +263,7 @@ pub(crate) mod tests {
 
     /// The same shape as ELF32 big-endian, to exercise the other field layout.
     fn elf32_be(interp: Option<&str>) -> Vec<u8> {
-        let phnum: u16 = if interp.is_some() { 1 } else { 1 };
+        let phnum: u16 = 1;
         let mut b = vec![0u8; 52];
         b[..4].copy_from_slice(&ELF_MAGIC);
         b[4] = ELFCLASS32;
@@ -379,15 +379,10 @@ pub(crate) mod tests {
         }
         // Debian's busybox-static, when installed, is static.
         let busybox = Path::new("/bin/busybox");
-        if busybox.exists() {
-            let mut f = File::open(busybox).unwrap();
-            if let Ok(l) = linkage(&mut f) {
-                if l == Linkage::Static {
-                    require_static(busybox, "").unwrap();
-                } else {
-                    eprintln!("/bin/busybox is dynamic (not busybox-static); skipping");
-                }
-            }
+        if busybox.exists() && Path::new("/usr/share/doc/busybox-static").exists() {
+            require_static(busybox, "").unwrap();
+        } else {
+            eprintln!("busybox-static is not installed; skipping the static half");
         }
     }
 }

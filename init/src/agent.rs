@@ -75,6 +75,7 @@ impl Default for Supervisor {
 
 impl Supervisor {
     /// The current state.
+    #[cfg(test)]
     pub fn state(&self) -> &AgentState {
         &self.state
     }
@@ -129,13 +130,6 @@ impl Supervisor {
         self.state = AgentState::Backoff { at: now + delay };
         Some(delay)
     }
-
-    /// Forget the agent (it was reaped during shutdown); it is not restarted.
-    pub fn forget(&mut self, pid: i32) {
-        if self.pid() == Some(pid) {
-            self.state = AgentState::Backoff { at: Duration::MAX };
-        }
-    }
 }
 
 #[cfg(test)]
@@ -188,14 +182,5 @@ mod tests {
         s.started(44, ms(800));
         // Ran for 10 s: the delay resets.
         assert_eq!(s.reaped(44, ms(10_800)), Some(ms(100)));
-    }
-
-    #[test]
-    fn forgotten_agent_is_never_restarted() {
-        let mut s = Supervisor::default();
-        s.started(9, ms(0));
-        s.forget(9);
-        assert_eq!(s.pid(), None);
-        assert!(!s.start_due(Duration::from_secs(1_000_000)));
     }
 }

@@ -180,9 +180,8 @@ mod tests {
 
     #[test]
     fn bad_values_fall_back_with_a_warning() {
-        let (config, warnings) = parse(
-            "berth.stop_timeout=soon berth.hostname=bad_name! berth.agent=relative/berthd",
-        );
+        let (config, warnings) =
+            parse("berth.stop_timeout=soon berth.hostname=bad_name! berth.agent=relative/berthd");
         assert_eq!(config, Config::default());
         assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(warnings[0].contains("berth.stop_timeout=\"soon\""));

@@ -111,10 +111,9 @@ pub fn mount_all(ops: &mut dyn MountOps, table: &[MountSpec]) -> Vec<(MountSpec,
         .iter()
         .map(|spec| {
             let outcome = match ops.mkdir_all(spec.target) {
-                Err(e) => MountOutcome::Failed(format!(
-                    "cannot create mount point {}: {e}",
-                    spec.target
-                )),
+                Err(e) => {
+                    MountOutcome::Failed(format!("cannot create mount point {}: {e}", spec.target))
+                }
                 Ok(()) => match ops.mount(spec) {
                     Ok(()) => MountOutcome::Mounted,
                     Err(Errno::EBUSY) => MountOutcome::AlreadyMounted,
@@ -210,6 +209,83 @@ pub fn unmount_order(mounts: &[MountInfo]) -> Vec<String> {
     // Stable sort keeps "later first" among equal depths.
     order.sort_by_key(|m| std::cmp::Reverse(depth(&m.mount_point)));
     order.into_iter().map(|m| m.mount_point.clone()).collect()
+}
+
+/// Errors enabling cgroup controllers.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// `cgroup.controllers` could not be read.
+    #[error("cannot read {path}: {source} (is cgroup2 mounted at /sys/fs/cgroup?)")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Some controllers could not be enabled for child cgroups.
+    #[error("cannot enable cgroup controllers {controllers:?} in {path}")]
+    Enable {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The controllers that failed.
+        controllers: Vec<String>,
+    },
+}
+
+/// Enable every controller listed in `<root>/cgroup.controllers` for child cgroups. Writes them
+/// all at once, then one by one if the kernel refuses the batch. Returns the enabled line.
+pub fn enable_controllers(root: &std::path::Path) -> Result<String, CgroupError> {
+    let list = root.join("cgroup.controllers");
+    let controllers = std::fs::read_to_string(&list).map_err(|source| CgroupError::Read {
+        path: list.clone(),
+        source,
+    })?;
+    let Some(line) = subtree_control_line(&controllers) else {
+        return Ok(String::new());
+    };
+    let control = root.join("cgroup.subtree_control");
+    if std::fs::write(&control, &line).is_ok() {
+        return Ok(line);
+    }
+    let failed: Vec<String> = line
+        .split(' ')
+        .filter(|one| std::fs::write(&control, one).is_err())
+        .map(|one| one.trim_start_matches('+').to_string())
+        .collect();
+    if failed.is_empty() {
+        Ok(line)
+    } else {
+        Err(CgroupError::Enable {
+            path: control,
+            controllers: failed,
+        })
+    }
+}
+
+/// The real [`MountOps`].
+#[derive(Debug, Default)]
+pub struct RealMounts;
+
+impl MountOps for RealMounts {
+    fn mkdir_all(&mut self, path: &str) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(path)
+    }
+
+    fn mount(&mut self, spec: &MountSpec) -> Result<(), Errno> {
+        let data = (!spec.data.is_empty()).then_some(spec.data);
+        nix::mount::mount(
+            Some(spec.source),
+            spec.target,
+            Some(spec.fstype),
+            spec.flags,
+            data,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -360,5 +436,24 @@ mod tests {
                 "/proc",
             ]
         );
+    }
+
+    #[test]
+    fn enables_controllers_listed_in_the_cgroup_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        assert_eq!(
+            enable_controllers(tmp.path()).unwrap(),
+            "+cpu +memory +pids"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("cgroup.subtree_control")).unwrap(),
+            "+cpu +memory +pids"
+        );
+        let missing = tmp.path().join("nope");
+        assert!(matches!(
+            enable_controllers(&missing),
+            Err(CgroupError::Read { .. })
+        ));
     }
 }

@@ -97,8 +97,12 @@ mod tests {
             })
         );
         assert_eq!(decode(&event(1, 116, 1)[..23]), None);
-        assert!(decode(&event(EV_KEY, KEY_POWER, 1)).unwrap().is_power_press());
-        assert!(!decode(&event(EV_KEY, KEY_POWER, 0)).unwrap().is_power_press());
+        assert!(decode(&event(EV_KEY, KEY_POWER, 1))
+            .unwrap()
+            .is_power_press());
+        assert!(!decode(&event(EV_KEY, KEY_POWER, 0))
+            .unwrap()
+            .is_power_press());
         assert!(!decode(&event(0, 0, 0)).unwrap().is_power_press());
         assert!(!decode(&event(EV_KEY, 114, 1)).unwrap().is_power_press());
     }

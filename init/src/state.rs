@@ -112,7 +112,9 @@ pub fn find_state_device(sys_class_block: &Path, dev: &Path) -> Option<(PathBuf,
     }
     for name in &names {
         let node = dev.join(name);
-        if read_device_start(&node).and_then(|b| parse_ext4_label(&b)).as_deref()
+        if read_device_start(&node)
+            .and_then(|b| parse_ext4_label(&b))
+            .as_deref()
             == Some(STATE_LABEL)
         {
             return Some((node, Match::FsLabel));
@@ -162,6 +164,108 @@ pub fn discover(sys_class_block: &Path, dev: &Path, poll: Poll) -> Option<(PathB
     }
 }
 
+/// Errors mounting the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The mount point could not be created.
+    #[error("cannot create {path}: {source}")]
+    MountPoint {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// mount(2) failed.
+    #[error("cannot mount {what} on {STATE_DIR}: {source}")]
+    Mount {
+        /// What was being mounted.
+        what: String,
+        /// The error.
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
+fn mount_ext4(device: &Path) -> Result<(), StateError> {
+    nix::mount::mount(
+        Some(device),
+        STATE_DIR,
+        Some("ext4"),
+        nix::mount::MsFlags::MS_NOATIME,
+        None::<&str>,
+    )
+    .map_err(|source| StateError::Mount {
+        what: format!("{} (ext4)", device.display()),
+        source,
+    })
+}
+
+fn mount_tmpfs() -> Result<(), StateError> {
+    nix::mount::mount(
+        Some("berth-state"),
+        STATE_DIR,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .map_err(|source| StateError::Mount {
+        what: "a tmpfs".to_string(),
+        source,
+    })
+}
+
+/// Find the state partition and mount it at [`STATE_DIR`], or fall back to a tmpfs with a
+/// loud warning. `log` receives console lines (without the `berth: ` prefix).
+pub fn setup(log: &dyn Fn(&str)) -> StateMode {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Err(source) = fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(STATE_DIR)
+    {
+        log(&format!(
+            "error: {}",
+            StateError::MountPoint {
+                path: PathBuf::from(STATE_DIR),
+                source
+            }
+        ));
+    }
+    let reason = match discover(
+        Path::new("/sys/class/block"),
+        Path::new("/dev"),
+        Poll::default(),
+    ) {
+        Some((device, how)) => {
+            let how = match how {
+                Match::PartName => "GPT partition name",
+                Match::FsLabel => "ext4 label",
+            };
+            match mount_ext4(&device) {
+                Ok(()) => {
+                    log(&format!(
+                        "state partition {} ({how} {STATE_LABEL}) mounted at {STATE_DIR}",
+                        device.display()
+                    ));
+                    return StateMode::Persistent;
+                }
+                Err(e) => format!("the state partition could not be mounted ({e})"),
+            }
+        }
+        None => {
+            format!("no block device with GPT partition name or ext4 label {STATE_LABEL} was found")
+        }
+    };
+    if let Err(e) = mount_tmpfs() {
+        log(&format!("error: {e}; using the root filesystem"));
+    }
+    log(&format!(
+        "warning: {reason}; {STATE_DIR} is a tmpfs: state is EPHEMERAL and lost at power-off"
+    ));
+    StateMode::Ephemeral
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,7 +288,10 @@ mod tests {
             parse_ext4_label(&superblock(0xEF53, b"0123456789abcdef")).as_deref(),
             Some("0123456789abcdef")
         );
-        assert_eq!(parse_ext4_label(&superblock(0xEF53, b"")).as_deref(), Some(""));
+        assert_eq!(
+            parse_ext4_label(&superblock(0xEF53, b"")).as_deref(),
+            Some("")
+        );
     }
 
     #[test]
@@ -226,8 +333,18 @@ mod tests {
     fn finds_by_partname_before_label() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        fake_block(root, "vda", "DEVTYPE=disk\n", Some(superblock(0xEF53, b"berth-state")));
-        fake_block(root, "vdb1", "DEVTYPE=partition\nPARTNAME=berth-state\n", None);
+        fake_block(
+            root,
+            "vda",
+            "DEVTYPE=disk\n",
+            Some(superblock(0xEF53, b"berth-state")),
+        );
+        fake_block(
+            root,
+            "vdb1",
+            "DEVTYPE=partition\nPARTNAME=berth-state\n",
+            None,
+        );
         let (dev, how) = find_state_device(&root.join("sys"), &root.join("dev")).unwrap();
         assert_eq!(dev, root.join("dev/vdb1"));
         assert_eq!(how, Match::PartName);
@@ -238,9 +355,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         fake_block(root, "loop0", "", Some(superblock(0xEF53, b"berth-state")));
-        fake_block(root, "vda", "DEVTYPE=disk\n", Some(superblock(0xEF53, b"other")));
+        fake_block(
+            root,
+            "vda",
+            "DEVTYPE=disk\n",
+            Some(superblock(0xEF53, b"other")),
+        );
         fake_block(root, "vdb", "DEVTYPE=disk\n", Some(vec![0; 100]));
-        fake_block(root, "vdc", "DEVTYPE=disk\n", Some(superblock(0xEF53, b"berth-state")));
+        fake_block(
+            root,
+            "vdc",
+            "DEVTYPE=disk\n",
+            Some(superblock(0xEF53, b"berth-state")),
+        );
         let (dev, how) = find_state_device(&root.join("sys"), &root.join("dev")).unwrap();
         assert_eq!(dev, root.join("dev/vdc"));
         assert_eq!(how, Match::FsLabel);
@@ -270,7 +397,10 @@ mod tests {
             interval: Duration::from_millis(20),
         };
         let start = Instant::now();
-        assert_eq!(discover(&tmp.path().join("sys"), &tmp.path().join("dev"), poll), None);
+        assert_eq!(
+            discover(&tmp.path().join("sys"), &tmp.path().join("dev"), poll),
+            None
+        );
         assert!(start.elapsed() >= Duration::from_millis(200));
     }
 }

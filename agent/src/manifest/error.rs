@@ -110,7 +110,10 @@ impl ManifestError {
 
     /// Where the error is.
     pub fn location(&self) -> Location {
-        Location { line: self.line, column: self.column }
+        Location {
+            line: self.line,
+            column: self.column,
+        }
     }
 }
 
@@ -124,7 +127,10 @@ mod tests {
         let err = ManifestError::new(
             ErrorKind::InvalidValue,
             Path::new("examples/demo.toml"),
-            Location { line: 9, column: 21 },
+            Location {
+                line: 9,
+                column: 21,
+            },
             "bad",
         )
         .with_hint("write `x`");

@@ -95,7 +95,10 @@ fn key_before(line: &str, end: usize) -> Option<String> {
         .rev()
         .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"' | '\'')))
         .map_or(0, |(i, c)| i + c.len_utf8());
-    let key: String = before[start..].chars().filter(|&c| c != '"' && c != '\'').collect();
+    let key: String = before[start..]
+        .chars()
+        .filter(|&c| c != '"' && c != '\'')
+        .collect();
     (!key.is_empty()).then_some(key)
 }
 
@@ -150,7 +153,11 @@ pub fn table_at(text: &str, offset: usize) -> String {
         }
         scan_end = start;
     }
-    let mut path: Vec<String> = if header.is_empty() { Vec::new() } else { vec![header] };
+    let mut path: Vec<String> = if header.is_empty() {
+        Vec::new()
+    } else {
+        vec![header]
+    };
     // Keys on the offending line before the offset: an inline table (`busybox = { `) or a
     // dotted key (`containers.web.imagee`) adds to the path.
     let mut upto = offset.saturating_sub(line_start).min(line.len());
@@ -165,7 +172,11 @@ pub fn table_at(text: &str, offset: usize) -> String {
             }
         }
     }
-    let tail = prefix.rsplit(['{', ',']).next().unwrap_or(prefix).trim_start();
+    let tail = prefix
+        .rsplit(['{', ','])
+        .next()
+        .unwrap_or(prefix)
+        .trim_start();
     if let Some(dotted) = tail.rfind('.').map(|i| &tail[..i]) {
         if !dotted.contains(['=', ' ', '"', '\'']) && !dotted.is_empty() {
             path.push(dotted.to_owned());
@@ -221,25 +232,47 @@ mod tests {
     #[test]
     fn key_at_finds_the_key_of_a_value() {
         let text = "[containers.web]\ncommand = [\"a=b\", 1]\nenv = { A = 2 }\n";
-        assert_eq!(key_at(text, text.find('1').unwrap()).as_deref(), Some("command"));
+        assert_eq!(
+            key_at(text, text.find('1').unwrap()).as_deref(),
+            Some("command")
+        );
         assert_eq!(key_at(text, text.find('2').unwrap()).as_deref(), Some("A"));
         let multi = "command = [\n  \"x=y\",\n  3,\n]\n";
-        assert_eq!(key_at(multi, multi.find('3').unwrap()).as_deref(), Some("command"));
+        assert_eq!(
+            key_at(multi, multi.find('3').unwrap()).as_deref(),
+            Some("command")
+        );
         let dotted = "containers.web.workdir = 5\n";
-        assert_eq!(key_at(dotted, dotted.find('5').unwrap()).as_deref(), Some("workdir"));
+        assert_eq!(
+            key_at(dotted, dotted.find('5').unwrap()).as_deref(),
+            Some("workdir")
+        );
         let header = "[host]\n";
         assert_eq!(key_at(header, 1), None);
     }
 
     #[test]
     fn table_at_names_the_enclosing_table() {
-        let text = "version = 1\n[images]\nbusybox = { sourc = \"x\" }\n[containers.web]\nimagee = 1\n";
+        let text =
+            "version = 1\n[images]\nbusybox = { sourc = \"x\" }\n[containers.web]\nimagee = 1\n";
         assert_eq!(table_at(text, 0), "");
-        assert_eq!(table_at(text, text.find("sourc").unwrap()), "images.busybox");
-        assert_eq!(table_at(text, text.find("imagee").unwrap()), "containers.web");
+        assert_eq!(
+            table_at(text, text.find("sourc").unwrap()),
+            "images.busybox"
+        );
+        assert_eq!(
+            table_at(text, text.find("imagee").unwrap()),
+            "containers.web"
+        );
         let dotted = "version = 1\ncontainers.db.imagee = 1\n";
-        assert_eq!(table_at(dotted, dotted.find("imagee").unwrap()), "containers.db");
+        assert_eq!(
+            table_at(dotted, dotted.find("imagee").unwrap()),
+            "containers.db"
+        );
         let quoted = "[ containers . \"web\" ]\nx = 1\n";
-        assert_eq!(table_at(quoted, quoted.find('x').unwrap()), "containers.web");
+        assert_eq!(
+            table_at(quoted, quoted.find('x').unwrap()),
+            "containers.web"
+        );
     }
 }

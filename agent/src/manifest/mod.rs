@@ -1,12 +1,44 @@
-//! The host manifest: versioned TOML schema, `parse` then `validate`.
+//! The host manifest: a versioned TOML file declaring the host, its images and its containers.
 //!
-//! INTERFACE STUB — owned by the manifest work; replace the bodies, keep the public names.
+//! It is the one input an operator writes, so it is read strictly and explained well: the text
+//! is parsed into raw serde types ([`schema`], unknown keys rejected), then validated into
+//! [`Manifest`] ([`validate`]); every error names `file:line:column` and says what to write
+//! instead. `berthd` loads it at boot, `berth-image` at build time, `berthctl validate` on the
+//! operator's machine — all through [`Manifest::load`] / [`Manifest::parse`].
+//!
+//! The reference for operators is docs/manifest.md.
+
+mod diagnose;
+mod error;
+mod location;
+mod resolve;
+pub mod rules;
+mod schema;
+mod validate;
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
+pub use error::{ErrorKind, ManifestError};
+pub use location::Location;
+pub use resolve::LAYOUT_FILES;
+
+/// Manifest schema versions this build understands.
+pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+
+/// Largest manifest accepted, in bytes (1 MiB): manifests hold declarations, not data.
+pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+/// The machine's hostname when `[host] hostname` is not set.
+pub const DEFAULT_HOSTNAME: &str = "berth";
+
 /// A parsed and validated host manifest (schema version 1).
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Besides the public fields it remembers where each key was written, so later errors about
+/// its content (a missing image layout, a failed import) can point into the file; see
+/// [`Manifest::error_at`]. Equality compares only the content.
+#[derive(Debug, Clone)]
 pub struct Manifest {
     /// Schema version; only 1 exists.
     pub version: u32,
@@ -16,6 +48,25 @@ pub struct Manifest {
     pub images: BTreeMap<String, ImageDecl>,
     /// `[containers.NAME]`, in name order.
     pub containers: BTreeMap<String, ContainerSpec>,
+    /// Where the manifest came from and where each key is in it.
+    origin: Origin,
+}
+
+/// The file a manifest was read from and the location of each key in it, by dotted path
+/// (`images.busybox.source`, `containers.web.command`, ...).
+#[derive(Debug, Clone, Default)]
+struct Origin {
+    file: PathBuf,
+    locations: BTreeMap<String, Location>,
+}
+
+impl PartialEq for Manifest {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version
+            && self.host == other.host
+            && self.images == other.images
+            && self.containers == other.containers
+    }
 }
 
 /// `[host]`.
@@ -23,6 +74,14 @@ pub struct Manifest {
 pub struct Host {
     /// The machine's hostname (default "berth").
     pub hostname: String,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host {
+            hostname: DEFAULT_HOSTNAME.to_owned(),
+        }
+    }
 }
 
 /// One `[images]` entry.
@@ -56,18 +115,11 @@ pub struct ContainerSpec {
     pub hostname: Option<String>,
 }
 
-/// A manifest error: where (file:line:column) and what to write instead.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
-pub struct ManifestError {
-    /// The manifest file as given.
-    pub file: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// What is wrong and how to fix it.
-    pub message: String,
+impl ContainerSpec {
+    /// The container's UTS hostname: `hostname` if set, else the container's `name`.
+    pub fn hostname_or<'a>(&'a self, name: &'a str) -> &'a str {
+        self.hostname.as_deref().unwrap_or(name)
+    }
 }
 
 /// An image resolved to a directory on disk.
@@ -80,16 +132,288 @@ pub struct ResolvedImage {
 }
 
 impl Manifest {
-    /// Read, parse and validate a manifest file.
-    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let _ = path;
-        unimplemented!("manifest stub")
+    /// A manifest built in code (tests, defaults) rather than read from a file; its errors
+    /// from [`Manifest::error_at`] point at `<manifest>:1:1`.
+    pub fn new(
+        host: Host,
+        images: BTreeMap<String, ImageDecl>,
+        containers: BTreeMap<String, ContainerSpec>,
+    ) -> Manifest {
+        Manifest {
+            version: 1,
+            host,
+            images,
+            containers,
+            origin: Origin {
+                file: PathBuf::from("<manifest>"),
+                locations: BTreeMap::new(),
+            },
+        }
     }
 
-    /// Check that every image source exists below `base_dir` (the manifest's directory)
-    /// and return them; errors point at the `source` value in the file.
+    /// Read, parse and validate a manifest file. Errors name `path` as given.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let read_error = |e: std::io::Error| {
+            ManifestError::new(
+                ErrorKind::Read,
+                path,
+                Location::START,
+                format!("cannot read the manifest: {e}"),
+            )
+            .with_source(e)
+        };
+        let file = std::fs::File::open(path).map_err(read_error)?;
+        let size = file.metadata().map_err(read_error)?.len();
+        if size > MAX_MANIFEST_BYTES {
+            return Err(too_large(path, size));
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_error)?;
+        Manifest::parse_bytes(&bytes, path)
+    }
+
+    /// Parse and validate manifest bytes read from `file` (which is only used in errors):
+    /// checks the size limit and UTF-8, then [`Manifest::parse`].
+    pub fn parse_bytes(bytes: &[u8], file: &Path) -> Result<Manifest, ManifestError> {
+        let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        if size > MAX_MANIFEST_BYTES {
+            return Err(too_large(file, size));
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Manifest::parse(text, file),
+            Err(e) => {
+                let offset = e.valid_up_to();
+                Err(ManifestError::new(
+                    ErrorKind::NotUtf8,
+                    file,
+                    Location::of_valid_prefix(bytes, offset),
+                    format!(
+                        "the manifest is not valid UTF-8 (invalid byte 0x{:02x} at byte offset {offset}); save the file as UTF-8",
+                        bytes.get(offset).copied().unwrap_or_default()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Parse and validate manifest `text` read from `file` (which is only used in errors).
+    pub fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
+        let probe: schema::VersionProbe =
+            toml::from_str(text).map_err(|e| diagnose::toml_error(&e, text, file))?;
+        let version = validate::check_version(&probe, text, file)?;
+        let raw: schema::RawManifest =
+            toml::from_str(text).map_err(|e| diagnose::toml_error(&e, text, file))?;
+        validate::validate(raw, version, text, file)
+    }
+
+    /// Check that every declared image source exists below `base_dir` (the manifest's
+    /// directory) and return them in name order — all declared images, used by a container
+    /// or not; errors point at the `source` value in the file.
     pub fn resolve_images(&self, base_dir: &Path) -> Result<Vec<ResolvedImage>, ManifestError> {
-        let _ = base_dir;
-        unimplemented!("manifest stub")
+        resolve::resolve_images(self, base_dir)
+    }
+
+    /// The file this manifest was read from (as given to `load`/`parse`).
+    pub fn file(&self) -> &Path {
+        &self.origin.file
+    }
+
+    /// Where the key at dotted `path` (e.g. `images.busybox.source`, `containers.web`,
+    /// `containers.web.command`) was written, falling back to its closest parent that was.
+    pub fn location_of(&self, path: &str) -> Option<Location> {
+        let mut key = path;
+        loop {
+            if let Some(at) = self.origin.locations.get(key) {
+                return Some(*at);
+            }
+            key = &key[..key.rfind('.')?];
+        }
+    }
+
+    /// An error about the key at dotted `path`, located where it is written (line 1 column 1
+    /// when unknown). Lets later stages (image import, container start) report problems in
+    /// the manifest's `file:line:column` form.
+    pub fn error_at(
+        &self,
+        path: &str,
+        kind: ErrorKind,
+        message: impl Into<String>,
+    ) -> ManifestError {
+        let at = self.location_of(path).unwrap_or(Location::START);
+        ManifestError::new(kind, &self.origin.file, at, message)
+    }
+}
+
+fn too_large(file: &Path, size: u64) -> ManifestError {
+    ManifestError::new(
+        ErrorKind::TooLarge,
+        file,
+        Location::START,
+        format!(
+            "the manifest is {size} bytes ({:.1} MiB); the limit is {MAX_MANIFEST_BYTES} bytes (1 MiB) — manifests hold declarations, ship data inside images",
+            size as f64 / (1024.0 * 1024.0)
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEMO: &str = r#"
+version = 1
+
+[host]
+hostname = "demo"
+
+[images]
+busybox = { source = "oci-layout:images/busybox" }
+
+[containers.hello]
+image = "busybox"
+command = ["/bin/sh", "-c", "echo hi"]
+env = { GREETING = "hello" }
+workdir = "/"
+
+[containers.web]
+image = "busybox"
+entrypoint = ["/bin/httpd"]
+hostname = "www"
+"#;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, Path::new("m.toml"))
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let m = parse(DEMO).unwrap();
+        assert_eq!(m.version, 1);
+        assert_eq!(m.host.hostname, "demo");
+        assert_eq!(
+            m.images["busybox"].source,
+            ImageSource::OciLayout("images/busybox".into())
+        );
+        let hello = &m.containers["hello"];
+        assert_eq!(hello.image, "busybox");
+        assert_eq!(
+            hello.command.as_deref(),
+            Some(&["/bin/sh".to_owned(), "-c".into(), "echo hi".into()][..])
+        );
+        assert_eq!(hello.entrypoint, None);
+        assert_eq!(hello.env.get("GREETING").map(String::as_str), Some("hello"));
+        assert_eq!(hello.workdir.as_deref(), Some("/"));
+        assert_eq!(hello.hostname_or("hello"), "hello");
+        let web = &m.containers["web"];
+        assert_eq!(
+            web.entrypoint.as_deref(),
+            Some(&["/bin/httpd".to_owned()][..])
+        );
+        assert_eq!(web.command, None);
+        assert_eq!(web.hostname_or("web"), "www");
+        assert_eq!(m.file(), Path::new("m.toml"));
+    }
+
+    #[test]
+    fn defaults_and_empty_host() {
+        let m = parse("version = 1\n").unwrap();
+        assert_eq!(m.host, Host::default());
+        assert_eq!(m.host.hostname, "berth");
+        assert!(m.images.is_empty() && m.containers.is_empty());
+        assert_eq!(
+            m,
+            Manifest::new(Host::default(), BTreeMap::new(), BTreeMap::new())
+        );
+    }
+
+    #[test]
+    fn dotted_keys_and_subtables_are_equivalent() {
+        let a = parse("version = 1\n[images.b]\nsource = \"oci-layout:b\"\n[containers.c]\nimage = \"b\"\n[containers.c.env]\nX = \"1\"\n").unwrap();
+        let b = parse("version = 1\nimages.b.source = \"oci-layout:b\"\ncontainers.c.image = \"b\"\ncontainers.c.env.X = \"1\"\n").unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn remembers_locations_for_later_errors() {
+        let m = parse(DEMO).unwrap();
+        assert_eq!(
+            m.location_of("images.busybox.source"),
+            Some(Location {
+                line: 8,
+                column: 22
+            })
+        );
+        assert_eq!(
+            m.location_of("containers.web"),
+            Some(Location {
+                line: 16,
+                column: 13
+            })
+        );
+        // Unknown keys fall back to their closest recorded parent.
+        assert_eq!(
+            m.location_of("containers.web.ports"),
+            Some(Location {
+                line: 16,
+                column: 13
+            })
+        );
+        assert_eq!(m.location_of("nothing"), None);
+        let e = m.error_at("containers.hello.command", ErrorKind::InvalidValue, "boom");
+        assert_eq!(e.to_string(), "m.toml:12:11: boom");
+        let built = Manifest::new(Host::default(), BTreeMap::new(), BTreeMap::new());
+        assert_eq!(
+            built
+                .error_at("x", ErrorKind::InvalidValue, "y")
+                .to_string(),
+            "<manifest>:1:1: y"
+        );
+    }
+
+    #[test]
+    fn the_first_problem_in_the_file_is_reported() {
+        let text =
+            "version = 1\n[containers.zz]\nimage = \"nope\"\n[containers.Aa]\nimage = \"nope\"\n";
+        let e = parse(text).unwrap_err();
+        // Name order would visit "Aa" first; file order reports line 3 first.
+        assert_eq!((e.line, e.column), (3, 9));
+        assert_eq!(e.kind, ErrorKind::UnknownImage);
+    }
+
+    #[test]
+    fn version_is_checked_before_the_schema() {
+        let e = parse("version = 2\n[network]\nsubnet = \"10.0.0.0/24\"\n").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Version);
+        assert_eq!((e.line, e.column), (1, 11));
+        assert!(e.message.contains("supports version 1"), "{}", e.message);
+        let e = parse("version = \"1\"\n").unwrap_err();
+        assert!(e.message.contains("must be an integer"), "{}", e.message);
+    }
+
+    #[test]
+    fn size_and_encoding_limits() {
+        let big = vec![b'#'; usize::try_from(MAX_MANIFEST_BYTES).unwrap() + 1];
+        let e = Manifest::parse_bytes(&big, Path::new("big.toml")).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TooLarge);
+        assert!(e.message.contains("1048577 bytes"), "{}", e.message);
+        let e = Manifest::parse_bytes(b"version = 1\n# \xc3\xa9\xfe\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotUtf8);
+        assert_eq!((e.line, e.column), (2, 4));
+    }
+
+    #[test]
+    fn load_reads_files_and_reports_missing_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("m.toml");
+        std::fs::write(&path, DEMO).unwrap();
+        assert_eq!(Manifest::load(&path).unwrap(), parse(DEMO).unwrap());
+        let missing = tmp.path().join("missing.toml");
+        let e = Manifest::load(&missing).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Read);
+        assert_eq!(e.file, missing);
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -315,7 +315,7 @@ mod tests {
             })
             .collect();
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-        assert_eq!(names, ["a", "b/", "b/z", "c", "l"]);
+        assert_eq!(names, ["a", "b", "b/z", "c", "l"]);
         assert_eq!(entries[3].1, EntryType::Link);
         assert_eq!(entries[4].1, EntryType::Symlink);
         assert!(entries.iter().all(|e| e.2 == 0 && e.3 == 0));

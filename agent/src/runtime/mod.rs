@@ -1,3 +1,58 @@
-//! One container: namespaces, overlay rootfs, pivot_root, process start.
+//! One container: namespaces, overlay rootfs, pivot_root, process start, output capture.
 //!
-//! INTERFACE STUB — owned by the runtime work.
+//! The supervisor decides *which* containers run and *when*; this module knows *how* to run
+//! one: [`spec`] merges image and manifest into the process, [`rootfs`] plans the mounts,
+//! [`launch`] starts the process in new namespaces via the [`init`] shim, and [`output`] puts
+//! its stdout/stderr on the console.
+
+pub mod init;
+pub mod launch;
+pub mod output;
+pub mod rootfs;
+pub mod spec;
+
+use nix::sys::wait::WaitStatus;
+
+pub use init::{InitConfig, INIT_ARG};
+pub use launch::{launch, InitProgram, LaunchError, Launched};
+pub use rootfs::RootfsLayout;
+pub use spec::{merge, ProcessSpec, SpecError};
+
+/// The exit code a shell would report: the status, or 128+N when killed by signal N.
+/// `None` for stop/continue notifications.
+pub fn exit_code(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, signal, _) => Some(128 + signal as i32),
+        _ => None,
+    }
+}
+
+/// Make this process adopt orphaned descendants (the container processes whose init shim
+/// exited), so it can `waitpid` them.
+pub fn become_subreaper() -> nix::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::signal::Signal;
+    use nix::unistd::Pid;
+
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        let pid = Pid::from_raw(7);
+        assert_eq!(exit_code(WaitStatus::Exited(pid, 3)), Some(3));
+        assert_eq!(
+            exit_code(WaitStatus::Signaled(pid, Signal::SIGKILL, false)),
+            Some(137)
+        );
+        assert_eq!(
+            exit_code(WaitStatus::Signaled(pid, Signal::SIGTERM, true)),
+            Some(143)
+        );
+        assert_eq!(exit_code(WaitStatus::Stopped(pid, Signal::SIGSTOP)), None);
+    }
+}

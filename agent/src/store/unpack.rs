@@ -438,3 +438,215 @@ impl Extractor<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{tar_from_entries, TarEntry};
+    use crate::store::layerfs::{LayerFsCall, RecordingLayerFs};
+
+    fn unpack(
+        entries: &[TarEntry],
+        fs_ops: &dyn LayerFs,
+    ) -> (tempfile::TempDir, Result<UnpackStats, UnpackError>) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("layer")).unwrap();
+        let tar = tar_from_entries(entries).unwrap();
+        let result = unpack_layer(&tar[..], &dir.path().join("layer"), fs_ops);
+        (dir, result)
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs_are_converted() {
+        let fake = RecordingLayerFs::new();
+        let (dir, result) = unpack(
+            &[
+                TarEntry::dir("etc"),
+                TarEntry::file("etc/.wh.motd", b""),
+                TarEntry::file("var/cache/.wh..wh..opq", b""),
+                TarEntry::file(".wh.gone", b""),
+                TarEntry::file("x/.wh..wh.plnk", b""),
+            ],
+            &fake,
+        );
+        let stats = result.unwrap();
+        assert_eq!(stats.whiteouts, 2);
+        assert_eq!(stats.opaque_dirs, 1);
+        let layer = dir.path().join("layer");
+        let calls: Vec<_> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| !matches!(c, LayerFsCall::Chown(..)))
+            .collect();
+        assert_eq!(
+            calls,
+            vec![
+                LayerFsCall::Whiteout(layer.join("etc/motd")),
+                LayerFsCall::Opaque(layer.join("var/cache")),
+                LayerFsCall::Whiteout(layer.join("gone")),
+            ]
+        );
+        // The markers themselves are never written as files; the opaque dir exists.
+        assert!(!layer.join("etc/.wh.motd").exists());
+        assert!(!layer.join("var/cache/.wh..wh..opq").exists());
+        assert!(layer.join("var/cache").is_dir());
+    }
+
+    #[test]
+    fn whiteouts_without_root_fail_clearly() {
+        let fake = RecordingLayerFs::unprivileged();
+        let (_dir, result) = unpack(&[TarEntry::file("a/.wh.b", b"")], &fake);
+        let err = result.unwrap_err();
+        assert!(matches!(err, UnpackError::NeedsRoot { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("a/.wh.b") && msg.contains("requires root"),
+            "{msg}"
+        );
+
+        let (_dir, result) = unpack(&[TarEntry::file("d/.wh..wh..opq", b"")], &fake);
+        assert!(matches!(result, Err(UnpackError::NeedsRoot { .. })));
+    }
+
+    #[test]
+    fn ownership_is_set_and_eperm_is_ignored() {
+        let fake = RecordingLayerFs::unprivileged();
+        let (dir, result) = unpack(&[TarEntry::file("f", b"data")], &fake);
+        result.unwrap();
+        assert_eq!(
+            fake.calls(),
+            vec![LayerFsCall::Chown(dir.path().join("layer/f"), 0, 0)]
+        );
+        assert_eq!(fs::read(dir.path().join("layer/f")).unwrap(), b"data");
+    }
+
+    #[test]
+    fn modes_including_setuid_are_kept() {
+        let fake = RecordingLayerFs::new();
+        let (dir, result) = unpack(
+            &[
+                TarEntry::File {
+                    path: "bin/su".into(),
+                    mode: 0o4755,
+                    data: b"x".to_vec(),
+                },
+                TarEntry::Dir {
+                    path: "ro".into(),
+                    mode: 0o555,
+                },
+                TarEntry::file("ro/inside", b"y"),
+            ],
+            &fake,
+        );
+        result.unwrap();
+        let layer = dir.path().join("layer");
+        assert_eq!(
+            fs::metadata(layer.join("bin/su"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o4755
+        );
+        assert_eq!(
+            fs::metadata(layer.join("ro")).unwrap().permissions().mode() & 0o7777,
+            0o555
+        );
+        assert_eq!(fs::read(layer.join("ro/inside")).unwrap(), b"y");
+        fs::set_permissions(layer.join("ro"), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn escaping_entries_are_refused_by_name() {
+        let fake = RecordingLayerFs::new();
+        let cases: Vec<(Vec<TarEntry>, &str)> = vec![
+            (vec![TarEntry::file("../x", b"bad")], "../x"),
+            (vec![TarEntry::file("/abs", b"bad")], "/abs"),
+            (vec![TarEntry::file("a/../../x", b"bad")], "a/../../x"),
+            (
+                vec![
+                    TarEntry::symlink("a", "/etc"),
+                    TarEntry::file("a/passwd", b"bad"),
+                ],
+                "a/passwd",
+            ),
+            (
+                vec![TarEntry::symlink("a", ".."), TarEntry::file("a/x", b"bad")],
+                "a/x",
+            ),
+            (vec![TarEntry::hardlink("h", "/etc/passwd")], "h"),
+            (vec![TarEntry::hardlink("h", "../outside")], "h"),
+            (vec![TarEntry::hardlink("h", "not-there")], "h"),
+            (
+                vec![
+                    TarEntry::symlink("s", "/etc"),
+                    TarEntry::hardlink("h", "s/passwd"),
+                ],
+                "h",
+            ),
+            (
+                vec![TarEntry::CharDevice {
+                    path: "dev/null".into(),
+                    major: 1,
+                    minor: 3,
+                }],
+                "dev/null",
+            ),
+            (vec![TarEntry::Fifo { path: "p".into() }], "p"),
+        ];
+        for (entries, name) in cases {
+            let (dir, result) = unpack(&entries, &fake);
+            let err = result.expect_err(name);
+            assert!(
+                err.to_string().contains(&format!("`{name}`")),
+                "{name}: {err}"
+            );
+            // Nothing escaped next to the layer directory.
+            let siblings: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(siblings, vec![std::ffi::OsString::from("layer")], "{name}");
+        }
+    }
+
+    #[test]
+    fn symlinks_are_stored_verbatim_and_later_entries_replace_earlier_ones() {
+        let fake = RecordingLayerFs::new();
+        let (dir, result) = unpack(
+            &[
+                TarEntry::symlink("etc/localtime", "/usr/share/zoneinfo/UTC"),
+                TarEntry::file("f", b"one"),
+                TarEntry::file("f", b"two"),
+                TarEntry::hardlink("g", "f"),
+            ],
+            &fake,
+        );
+        result.unwrap();
+        let layer = dir.path().join("layer");
+        assert_eq!(
+            fs::read_link(layer.join("etc/localtime")).unwrap(),
+            Path::new("/usr/share/zoneinfo/UTC")
+        );
+        assert_eq!(fs::read(layer.join("g")).unwrap(), b"two");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            fs::metadata(layer.join("f")).unwrap().ino(),
+            fs::metadata(layer.join("g")).unwrap().ino()
+        );
+    }
+
+    #[test]
+    fn truncated_stream_is_an_error() {
+        let tar = tar_from_entries(&[TarEntry::file("big", &[1u8; 4096])]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack_layer(&tar[..1000], dir.path(), &RecordingLayerFs::new()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UnpackError::Truncated { .. } | UnpackError::Stream { .. }
+            ),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! Raw serde types: the manifest exactly as written, before validation.
+//!
+//! Every table denies unknown keys, and every value that a semantic check may reject is a
+//! [`Spanned`] so the check can point at it. Keys that the schema requires are still `Option`
+//! here: a missing key is reported by validation, which knows the table's position and can say
+//! which values are acceptable (e.g. list the declared images), instead of serde's bare
+//! "missing field".
+//!
+//! Tables themselves are never wrapped in `Spanned` (toml 0.8 cannot span dotted-key tables
+//! such as `containers.web.image = ...`); their position is the span of their key in the
+//! parent map.
+//!
+//! Adding a key for a later schema stage: add an `Option<Spanned<T>>` field here, a check in
+//! `validate.rs`, a field on the validated type, and a line in docs/manifest.md.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Reads only `version`, ignoring everything else, so that a file written for another schema
+/// version is reported as such instead of as a pile of unknown keys.
+#[derive(Debug, Deserialize)]
+pub(super) struct VersionProbe {
+    pub version: Option<Spanned<toml::Value>>,
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a manifest document")]
+pub(super) struct RawManifest {
+    /// Checked by [`VersionProbe`] first.
+    #[allow(dead_code)]
+    pub version: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub host: Option<RawHost>,
+    #[serde(default)]
+    pub images: BTreeMap<Spanned<String>, RawImage>,
+    #[serde(default)]
+    pub containers: BTreeMap<Spanned<String>, RawContainer>,
+}
+
+/// `[host]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table like `[host]`")]
+pub(super) struct RawHost {
+    pub hostname: Option<Spanned<String>>,
+}
+
+/// One `[images]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like `{ source = \"oci-layout:images/NAME\" }`"
+)]
+pub(super) struct RawImage {
+    pub source: Option<Spanned<String>>,
+}
+
+/// One `[containers.NAME]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table like `[containers.NAME]`")]
+pub(super) struct RawContainer {
+    pub image: Option<Spanned<String>>,
+    pub entrypoint: Option<Spanned<Vec<Spanned<String>>>>,
+    pub command: Option<Spanned<Vec<Spanned<String>>>>,
+    pub env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub workdir: Option<Spanned<String>>,
+    pub hostname: Option<Spanned<String>>,
+}
+
+/// An example of a correct value for `key`, used in wrong-type and missing-key messages.
+pub(super) fn example_for(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "version" => "version = 1",
+        "host" => "[host] with hostname = \"demo\"",
+        "hostname" => "hostname = \"demo\"",
+        "images" => "[images] with busybox = { source = \"oci-layout:images/busybox\" }",
+        "source" => "source = \"oci-layout:images/busybox\"",
+        "containers" => "[containers.hello] with image = \"busybox\"",
+        "image" => "image = \"busybox\"",
+        "entrypoint" => "entrypoint = [\"/bin/sh\", \"-c\"]",
+        "command" => "command = [\"/bin/sh\", \"-c\", \"echo hi\"]",
+        "env" => "env = { GREETING = \"hello\" }",
+        "workdir" => "workdir = \"/\"",
+        _ => return None,
+    })
+}

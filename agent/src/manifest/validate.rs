@@ -1,0 +1,318 @@
+//! Validation: raw serde types in, a [`Manifest`] out (cloud-hypervisor style `parse` then
+//! `validate`).
+//!
+//! Every check is located on the offending key or value. All problems are collected and the
+//! one that comes first in the file is reported, so fixing errors top to bottom converges.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use toml::Spanned;
+
+use super::diagnose::closest;
+use super::error::{ErrorKind, ManifestError};
+use super::location::Location;
+use super::schema::{RawContainer, RawImage, RawManifest, VersionProbe};
+use super::{
+    rules, ContainerSpec, Host, ImageDecl, Manifest, Origin, DEFAULT_HOSTNAME, SUPPORTED_VERSIONS,
+};
+
+/// Checks `version` (read by the probe before the full schema is applied).
+pub(super) fn check_version(
+    probe: &VersionProbe,
+    text: &str,
+    file: &Path,
+) -> Result<u32, ManifestError> {
+    let supported = SUPPORTED_VERSIONS
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let Some(version) = &probe.version else {
+        let blank = text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+        let message = if blank {
+            "the manifest is empty; a manifest starts with `version = 1`".to_owned()
+        } else {
+            format!("missing `version`; add `version = 1` as the first line (supported versions: {supported})")
+        };
+        return Err(
+            ManifestError::new(ErrorKind::Version, file, Location::START, message)
+                .with_hint("see docs/manifest.md for a complete example"),
+        );
+    };
+    let at = Location::of_offset(text, version.span().start);
+    match version.get_ref() {
+        toml::Value::Integer(n) if u32::try_from(*n).is_ok_and(|n| SUPPORTED_VERSIONS.contains(&n)) => {
+            Ok(u32::try_from(*n).unwrap_or_default())
+        }
+        toml::Value::Integer(n) => Err(ManifestError::new(
+            ErrorKind::Version,
+            file,
+            at,
+            format!("unsupported manifest version {n}; this berth supports version {supported}: write `version = 1` (and only keys of that version)"),
+        )),
+        other => Err(ManifestError::new(
+            ErrorKind::Version,
+            file,
+            at,
+            format!("`version` must be an integer, found {} {other}; write `version = 1`", other.type_str()),
+        )),
+    }
+}
+
+/// Collects located problems and the positions of everything valid.
+struct Checker<'a> {
+    text: &'a str,
+    file: &'a Path,
+    problems: Vec<(usize, ManifestError)>,
+    origin: Origin,
+}
+
+impl Checker<'_> {
+    fn at(&self, span: &Range<usize>) -> Location {
+        Location::of_offset(self.text, span.start)
+    }
+
+    fn fail(&mut self, kind: ErrorKind, span: &Range<usize>, message: String) {
+        let e = ManifestError::new(kind, self.file, self.at(span), message);
+        self.problems.push((span.start, e));
+    }
+
+    fn fail_with_hint(
+        &mut self,
+        kind: ErrorKind,
+        span: &Range<usize>,
+        message: String,
+        hint: &str,
+    ) {
+        let e = ManifestError::new(kind, self.file, self.at(span), message).with_hint(hint);
+        self.problems.push((span.start, e));
+    }
+
+    fn record(&mut self, key: String, span: &Range<usize>) {
+        let at = self.at(span);
+        self.origin.locations.insert(key, at);
+    }
+
+    /// Runs a value rule and records a located error when it fails.
+    fn rule(&mut self, span: &Range<usize>, result: Result<(), String>) -> bool {
+        match result {
+            Ok(()) => true,
+            Err(message) => {
+                self.fail(ErrorKind::InvalidValue, span, message);
+                false
+            }
+        }
+    }
+}
+
+/// Validates `raw` (parsed from `text`, the content of `file`).
+pub(super) fn validate(
+    raw: RawManifest,
+    version: u32,
+    text: &str,
+    file: &Path,
+) -> Result<Manifest, ManifestError> {
+    let mut c = Checker {
+        text,
+        file,
+        problems: Vec::new(),
+        origin: Origin {
+            file: file.to_path_buf(),
+            locations: BTreeMap::new(),
+        },
+    };
+
+    let mut host = Host {
+        hostname: DEFAULT_HOSTNAME.to_owned(),
+    };
+    if let Some(hostname) = raw.host.and_then(|h| h.hostname) {
+        c.record("host.hostname".into(), &hostname.span());
+        if c.rule(&hostname.span(), rules::hostname(hostname.get_ref())) {
+            host.hostname = hostname.into_inner();
+        }
+    }
+
+    let mut images = BTreeMap::new();
+    for (name, image) in raw.images {
+        if let Some(decl) = image_decl(&mut c, &name, image) {
+            images.insert(name.into_inner(), decl);
+        }
+    }
+
+    let declared: Vec<String> = images.keys().cloned().collect();
+    let mut containers = BTreeMap::new();
+    for (name, raw_container) in raw.containers {
+        if let Some(spec) = container(&mut c, &name, raw_container, &declared) {
+            containers.insert(name.into_inner(), spec);
+        }
+    }
+
+    if let Some((_, first)) = c.problems.into_iter().min_by_key(|(offset, _)| *offset) {
+        return Err(first);
+    }
+    Ok(Manifest {
+        version,
+        host,
+        images,
+        containers,
+        origin: c.origin,
+    })
+}
+
+fn image_decl(c: &mut Checker<'_>, name: &Spanned<String>, image: RawImage) -> Option<ImageDecl> {
+    let key = format!("images.{}", name.get_ref());
+    c.record(key.clone(), &name.span());
+    let name_ok = c.rule(&name.span(), rules::image_name(name.get_ref()));
+    let Some(source) = image.source else {
+        c.fail_with_hint(
+            ErrorKind::MissingKey,
+            &name.span(),
+            format!(
+                "image {:?} has no `source`; write {} = {{ source = \"oci-layout:images/{}\" }}",
+                name.get_ref(),
+                name.get_ref(),
+                name.get_ref()
+            ),
+            "the path is relative to the manifest's directory",
+        );
+        return None;
+    };
+    c.record(format!("{key}.source"), &source.span());
+    match rules::image_source(source.get_ref()) {
+        Ok(parsed) => name_ok.then_some(ImageDecl { source: parsed }),
+        Err(message) => {
+            c.fail(
+                ErrorKind::InvalidValue,
+                &source.span(),
+                format!("image {:?}: {message}", name.get_ref()),
+            );
+            None
+        }
+    }
+}
+
+fn argv(
+    c: &mut Checker<'_>,
+    key: &str,
+    value: Option<Spanned<Vec<Spanned<String>>>>,
+) -> Option<Option<Vec<String>>> {
+    let Some(value) = value else {
+        return Some(None);
+    };
+    let span = value.span();
+    let items = value.into_inner();
+    let args: Vec<String> = items.iter().map(|a| a.get_ref().clone()).collect();
+    match rules::argv(key, &args) {
+        Ok(()) => Some(Some(args)),
+        Err((index, message)) => {
+            let at = index
+                .and_then(|i| items.get(i))
+                .map_or(span, |item| item.span());
+            c.fail(ErrorKind::InvalidValue, &at, message);
+            None
+        }
+    }
+}
+
+fn container(
+    c: &mut Checker<'_>,
+    name: &Spanned<String>,
+    raw: RawContainer,
+    declared: &[String],
+) -> Option<ContainerSpec> {
+    let cname = name.get_ref().as_str();
+    let key = format!("containers.{cname}");
+    c.record(key.clone(), &name.span());
+    let mut ok = c.rule(&name.span(), rules::container_name(cname));
+    let declared_list = if declared.is_empty() {
+        "none are declared".to_owned()
+    } else {
+        declared
+            .iter()
+            .map(|d| format!("{d:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    let image = match raw.image {
+        None => {
+            let example = declared.first().map_or("busybox", String::as_str);
+            c.fail_with_hint(
+                ErrorKind::MissingKey,
+                &name.span(),
+                format!("container {cname:?} has no `image`; add image = \"NAME\" naming an [images] entry (declared: {declared_list})"),
+                &format!("write e.g.: image = \"{example}\""),
+            );
+            None
+        }
+        Some(image) => {
+            c.record(format!("{key}.image"), &image.span());
+            if declared.iter().any(|d| d == image.get_ref()) {
+                Some(image.into_inner())
+            } else {
+                let refs: Vec<&str> = declared.iter().map(String::as_str).collect();
+                let suggestion = closest(image.get_ref(), &refs)
+                    .map(|b| format!("did you mean {b:?}? "))
+                    .unwrap_or_default();
+                let message = if declared.is_empty() {
+                    format!(
+                        "container {cname:?}: image {:?} is not declared and [images] is empty; declare it: [images] {} = {{ source = \"oci-layout:images/{}\" }}",
+                        image.get_ref(), image.get_ref(), image.get_ref()
+                    )
+                } else {
+                    format!(
+                        "container {cname:?}: image {:?} is not declared in [images]; {suggestion}declared images: {declared_list}",
+                        image.get_ref()
+                    )
+                };
+                c.fail(ErrorKind::UnknownImage, &image.span(), message);
+                None
+            }
+        }
+    };
+
+    if let Some(v) = &raw.entrypoint {
+        c.record(format!("{key}.entrypoint"), &v.span());
+    }
+    if let Some(v) = &raw.command {
+        c.record(format!("{key}.command"), &v.span());
+    }
+    let entrypoint = argv(c, "entrypoint", raw.entrypoint);
+    let command = argv(c, "command", raw.command);
+
+    let mut env = BTreeMap::new();
+    for (k, v) in raw.env.unwrap_or_default() {
+        c.record(format!("{key}.env.{}", k.get_ref()), &k.span());
+        ok &= c.rule(&k.span(), rules::env_key(k.get_ref()));
+        ok &= c.rule(&v.span(), rules::env_value(k.get_ref(), v.get_ref()));
+        env.insert(k.into_inner(), v.into_inner());
+    }
+
+    let mut workdir = None;
+    if let Some(w) = raw.workdir {
+        c.record(format!("{key}.workdir"), &w.span());
+        ok &= c.rule(&w.span(), rules::workdir(w.get_ref()));
+        workdir = Some(w.into_inner());
+    }
+
+    let mut hostname = None;
+    if let Some(h) = raw.hostname {
+        c.record(format!("{key}.hostname"), &h.span());
+        ok &= c.rule(&h.span(), rules::hostname(h.get_ref()));
+        hostname = Some(h.into_inner());
+    }
+
+    let (image, entrypoint, command) = (image?, entrypoint?, command?);
+    ok.then_some(ContainerSpec {
+        image,
+        entrypoint,
+        command,
+        env,
+        workdir,
+        hostname,
+    })
+}

@@ -1,0 +1,346 @@
+//! The container init shim: `berthd __container-init`, run in the container's fresh namespaces.
+//!
+//! berthd is multi-threaded (output copiers), and a forked child of a threaded process may not
+//! allocate. So berthd only `unshare`s and re-executes itself; this freshly exec'd,
+//! single-threaded shim forks the container's PID 1 (which may allocate freely), reports its
+//! host pid — or the reason it failed before exec — on fd 3 and exits. berthd, a child
+//! subreaper, then adopts and reaps the container process.
+//!
+//! Protocol: stdin carries the JSON [`InitConfig`] (read to EOF); fd 3 receives one JSON
+//! [`Report`]; stdout/stderr are the container's.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::Path;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult};
+use serde::{Deserialize, Serialize};
+
+use super::rootfs::{self, RealSys, RootfsLayout, Sys};
+use super::spec::{ProcessSpec, DEFAULT_PATH};
+
+/// argv[1] that makes berthd act as the container init shim.
+pub const INIT_ARG: &str = "__container-init";
+
+/// The fd the shim writes its [`Report`] to.
+pub const REPORT_FD: RawFd = 3;
+
+/// Exit code of a container whose setup failed before exec (Docker's "runtime error" code).
+pub const EXIT_SETUP_FAILED: i32 = 125;
+/// Exit code when the program exists but cannot be executed (shell convention).
+pub const EXIT_CANNOT_EXEC: i32 = 126;
+/// Exit code when the program is not found (shell convention).
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// Everything the shim needs to start one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitConfig {
+    /// Container name (for messages).
+    pub name: String,
+    /// What to run.
+    pub process: ProcessSpec,
+    /// The root filesystem to build and enter.
+    pub rootfs: RootfsLayout,
+}
+
+/// What the shim tells berthd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Report {
+    /// The container process exec'd; `pid` is its pid in berthd's PID namespace.
+    Started {
+        /// Host pid.
+        pid: i32,
+    },
+    /// The container never reached exec.
+    Failed {
+        /// What went wrong, in words.
+        message: String,
+        /// The exit code to report (125, 126 or 127).
+        code: i32,
+    },
+}
+
+/// Why the container process did not reach its program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildFailure {
+    /// What went wrong.
+    pub message: String,
+    /// Exit code (see the `EXIT_*` constants).
+    pub code: i32,
+}
+
+/// In the container's namespaces: build and enter the root, set the hostname, change to the
+/// working directory and exec. Returns only on failure.
+pub fn enter_and_exec(cfg: &InitConfig, sys: &mut dyn Sys) -> ChildFailure {
+    let setup = |message: String| ChildFailure {
+        message,
+        code: EXIT_SETUP_FAILED,
+    };
+    let steps = match rootfs::plan(&cfg.rootfs) {
+        Ok(steps) => steps,
+        Err(e) => return setup(format!("root filesystem: {e}")),
+    };
+    if let Err(e) = rootfs::apply(&steps, sys) {
+        return setup(error_chain(&e));
+    }
+    if let Err(e) = sys.sethostname(&cfg.process.hostname) {
+        return setup(format!("sethostname {:?}: {e}", cfg.process.hostname));
+    }
+    let cwd = Path::new(&cfg.process.cwd);
+    if let Err(e) = sys.mkdir_all(cwd).and_then(|()| sys.chdir(cwd)) {
+        return setup(format!("working directory {:?}: {e}", cfg.process.cwd));
+    }
+    exec(sys, &cfg.process.args, &cfg.process.env)
+}
+
+/// exec `args` like execvp with the *container's* PATH (Docker resolves in the container).
+fn exec(sys: &mut dyn Sys, args: &[String], env: &[String]) -> ChildFailure {
+    let Some(program) = args.first() else {
+        return ChildFailure {
+            message: "no program to run".into(),
+            code: EXIT_NOT_FOUND,
+        };
+    };
+    let fail = |path: &str, e: std::io::Error| ChildFailure {
+        message: format!("exec {path:?}: {e}"),
+        code: if e.kind() == std::io::ErrorKind::NotFound {
+            EXIT_NOT_FOUND
+        } else {
+            EXIT_CANNOT_EXEC
+        },
+    };
+    if program.contains('/') {
+        return fail(program, sys.execve(program, args, env));
+    }
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let mut denied = None;
+    for dir in path_var.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = format!("{}/{program}", dir.trim_end_matches('/'));
+        let err = sys.execve(&candidate, args, env);
+        match err.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => continue,
+            Some(libc::EACCES) => {
+                denied.get_or_insert((candidate, err));
+            }
+            _ => return fail(&candidate, err),
+        }
+    }
+    match denied {
+        Some((candidate, err)) => fail(&candidate, err),
+        None => ChildFailure {
+            message: format!("exec {program:?}: executable file not found in $PATH ({path_var})"),
+            code: EXIT_NOT_FOUND,
+        },
+    }
+}
+
+/// "outer: inner: innermost" for an error and its sources.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// Entry point of `berthd __container-init`; returns the shim's exit code. Must run before
+/// berthd starts any thread.
+pub fn shim_main() -> i32 {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if unsafe { libc::fcntl(REPORT_FD, libc::F_GETFD) } < 0 {
+        eprintln!("berth: {INIT_ARG} is started by berthd only (no report pipe on fd {REPORT_FD})");
+        return 2;
+    }
+    // SAFETY: fd 3 is the report pipe berthd placed there for us and nothing else owns it.
+    let mut report = unsafe { File::from_raw_fd(REPORT_FD) };
+    // SAFETY: setting FD_CLOEXEC on our own descriptor; the container must not inherit it.
+    unsafe { libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    let outcome = run_shim().unwrap_or_else(|message| Report::Failed {
+        message,
+        code: EXIT_SETUP_FAILED,
+    });
+    match serde_json::to_vec(&outcome) {
+        Ok(bytes) if report.write_all(&bytes).is_ok() => 0,
+        _ => 1,
+    }
+}
+
+fn run_shim() -> Result<Report, String> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| format!("reading the container config: {e}"))?;
+    let cfg: InitConfig = serde_json::from_slice(&input)
+        .map_err(|e| format!("decoding the container config: {e}"))?;
+    // The container reads nothing from berthd: give it /dev/null as stdin.
+    let null = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
+    nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)
+        .map_err(|e| format!("dup2 /dev/null: {e}"))?;
+    drop(null);
+
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("creating the sync pipe: {e}"))?;
+    // SAFETY: the shim is a freshly exec'd process that never started a thread, so the child
+    // is a full copy of a single-threaded process and may allocate.
+    match unsafe { fork() } {
+        Err(e) => Err(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(err_r);
+            let _ = nix::unistd::close(REPORT_FD);
+            reset_signals();
+            let failure = enter_and_exec(&cfg, &mut RealSys);
+            let mut pipe = File::from(err_w);
+            let _ = pipe.write_all(failure.message.as_bytes());
+            drop(pipe);
+            // SAFETY: _exit ends this forked child without running the parent's atexit hooks.
+            unsafe { libc::_exit(failure.code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(err_w);
+            let mut message = String::new();
+            // EOF without data means the CLOEXEC write end closed at a successful exec.
+            let _ = File::from(err_r).read_to_string(&mut message);
+            if message.is_empty() {
+                return Ok(Report::Started {
+                    pid: child.as_raw(),
+                });
+            }
+            let code = match waitpid(child, None) {
+                Ok(status) => super::exit_code(status).unwrap_or(EXIT_SETUP_FAILED),
+                Err(_) => EXIT_SETUP_FAILED,
+            };
+            Ok(Report::Failed {
+                message: format!("container={}: {message}", cfg.name),
+                code,
+            })
+        }
+    }
+}
+
+/// Undo what a Rust runtime and berthd set up: the workload starts with no blocked signals
+/// and default SIGPIPE.
+fn reset_signals() {
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // SAFETY: restoring the default disposition installs no handler.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::runtime::rootfs::FakeSys;
+
+    fn cfg(args: &[&str], env: &[&str]) -> InitConfig {
+        InitConfig {
+            name: "web".into(),
+            process: ProcessSpec {
+                args: args.iter().map(|s| s.to_string()).collect(),
+                env: env.iter().map(|s| s.to_string()).collect(),
+                cwd: "/srv".into(),
+                hostname: "webhost".into(),
+            },
+            rootfs: RootfsLayout::for_container(
+                Path::new("/state/containers"),
+                "web",
+                &[PathBuf::from("/layers/a")],
+            ),
+        }
+    }
+
+    fn fake(failures: &[(&str, i32)]) -> FakeSys {
+        FakeSys {
+            failures: failures.iter().map(|(p, e)| (p.to_string(), *e)).collect(),
+            ..FakeSys::default()
+        }
+    }
+
+    #[test]
+    fn full_sequence_ends_with_hostname_cwd_and_exec() {
+        let mut sys = fake(&[]);
+        let f = enter_and_exec(&cfg(&["/bin/sh", "-c", "x"], &["A=1"]), &mut sys);
+        // The fake "succeeds" at exec, which the shim reports as a failure to exec.
+        assert_eq!(f.code, EXIT_CANNOT_EXEC);
+        let tail: Vec<&str> = sys.calls.iter().rev().take(5).rev().map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            [
+                "chdir /",
+                "sethostname webhost",
+                "mkdir /srv",
+                "chdir /srv",
+                r#"execve /bin/sh ["/bin/sh", "-c", "x"] ["A=1"]"#
+            ]
+        );
+    }
+
+    #[test]
+    fn bare_program_is_searched_in_container_path() {
+        let mut sys = fake(&[("execve /a/ls", libc::ENOENT), ("execve /b/ls", libc::EACCES)]);
+        let f = enter_and_exec(&cfg(&["ls"], &["PATH=/a:/b:/c"]), &mut sys);
+        let execs: Vec<&String> = sys.calls.iter().filter(|c| c.starts_with("execve")).collect();
+        assert_eq!(execs.len(), 3);
+        assert!(execs[2].starts_with("execve /c/ls "));
+        assert_eq!(f.code, EXIT_CANNOT_EXEC);
+    }
+
+    #[test]
+    fn program_not_found_is_127_with_a_clear_message() {
+        let mut sys = fake(&[("execve /a/nope", libc::ENOENT), ("execve /b/nope", libc::ENOENT)]);
+        let f = enter_and_exec(&cfg(&["nope"], &["PATH=/a:/b"]), &mut sys);
+        assert_eq!(f.code, EXIT_NOT_FOUND);
+        assert!(f.message.contains("executable file not found in $PATH"), "{}", f.message);
+
+        let mut sys = fake(&[("execve /bin/nope", libc::ENOENT)]);
+        let f = enter_and_exec(&cfg(&["/bin/nope"], &[]), &mut sys);
+        assert_eq!(f.code, EXIT_NOT_FOUND);
+        assert!(f.message.starts_with("exec \"/bin/nope\""), "{}", f.message);
+    }
+
+    #[test]
+    fn permission_denied_everywhere_is_126() {
+        let mut sys = fake(&[("execve /a/x", libc::EACCES), ("execve /b/x", libc::ENOENT)]);
+        let f = enter_and_exec(&cfg(&["x"], &["PATH=/a:/b"]), &mut sys);
+        assert_eq!(f.code, EXIT_CANNOT_EXEC);
+        assert!(f.message.contains("/a/x"), "{}", f.message);
+    }
+
+    #[test]
+    fn mount_failure_is_a_setup_error_and_nothing_is_executed() {
+        let mut sys = fake(&[("mount overlay", libc::EINVAL)]);
+        let f = enter_and_exec(&cfg(&["/bin/sh"], &[]), &mut sys);
+        assert_eq!(f.code, EXIT_SETUP_FAILED);
+        assert!(f.message.contains("mount overlay on /state/containers/web/rootfs"), "{}", f.message);
+        assert!(f.message.contains("Invalid argument"), "{}", f.message);
+        assert!(!sys.calls.iter().any(|c| c.starts_with("execve")));
+    }
+
+    #[test]
+    fn protocol_round_trips_and_rejects_unknown_fields() {
+        let c = cfg(&["/bin/true"], &[]);
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<InitConfig>(&text).unwrap(), c);
+        let r = Report::Failed {
+            message: "m".into(),
+            code: 127,
+        };
+        assert_eq!(
+            serde_json::from_str::<Report>(&serde_json::to_string(&r).unwrap()).unwrap(),
+            r
+        );
+        assert!(serde_json::from_str::<Report>(r#"{"started":{"pid":1,"x":2}}"#).is_err());
+    }
+}

@@ -1,0 +1,770 @@
+//! The container's root filesystem: the overlay of image layers, the pseudo filesystems a
+//! process expects (/proc, /dev, /dev/pts, /dev/shm, read-only /sys) and the pivot into it.
+//!
+//! The mounts are a *plan* (a list of [`Step`]s) built by a pure function and executed through
+//! the [`Sys`] trait, so the order and flags are unit-tested with a recording fake and only the
+//! thin [`RealSys`] touches the kernel.
+
+use std::ffi::CString;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::{Mode, SFlag};
+use serde::{Deserialize, Serialize};
+
+/// Where a container's overlay lives on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootfsLayout {
+    /// Read-only image layers, **top first** (overlay `lowerdir` order).
+    pub lower: Vec<PathBuf>,
+    /// Per-container writable layer.
+    pub upper: PathBuf,
+    /// Overlay scratch directory (same filesystem as `upper`).
+    pub work: PathBuf,
+    /// Mount point of the merged root.
+    pub target: PathBuf,
+}
+
+/// Why a root filesystem cannot be planned or set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    /// The image has no layers.
+    #[error("image has no layers: nothing to mount as the container's root")]
+    NoLayers,
+    /// A path cannot be written in overlay mount options.
+    #[error("path {0} contains ',' or ':' which overlay mount options cannot express; move the state directory")]
+    UnsafePath(PathBuf),
+    /// A plan step failed.
+    #[error("{step}")]
+    Step {
+        /// The step, in words.
+        step: String,
+        /// The syscall error.
+        #[source]
+        source: io::Error,
+    },
+    /// Preparing host directories failed.
+    #[error("cannot prepare {path}")]
+    Prepare {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RootfsLayout {
+    /// The layout for container `name` under `containers_dir` (`STATE/containers`), with image
+    /// layers given bottom first as the store returns them.
+    pub fn for_container(containers_dir: &Path, name: &str, layers_bottom_first: &[PathBuf]) -> Self {
+        let dir = containers_dir.join(name);
+        RootfsLayout {
+            lower: layers_bottom_first.iter().rev().cloned().collect(),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            target: dir.join("rootfs"),
+        }
+    }
+
+    /// Recreate `upper` and `work` empty (a fresh container at each boot) and make sure the
+    /// mount point exists.
+    pub fn prepare_host_dirs(&self) -> Result<(), RootfsError> {
+        for dir in [&self.upper, &self.work] {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(RootfsError::Prepare {
+                        path: dir.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        for dir in [&self.upper, &self.work, &self.target] {
+            std::fs::create_dir_all(dir).map_err(|source| RootfsError::Prepare {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Overlay mount data: `lowerdir=TOP:...:BASE,upperdir=...,workdir=...`.
+    pub fn overlay_options(&self) -> Result<String, RootfsError> {
+        if self.lower.is_empty() {
+            return Err(RootfsError::NoLayers);
+        }
+        let all = self.lower.iter().chain([&self.upper, &self.work]);
+        let mut text = Vec::new();
+        for path in all {
+            let s = path.to_string_lossy();
+            if s.contains(',') || s.contains(':') {
+                return Err(RootfsError::UnsafePath(path.clone()));
+            }
+            text.push(s.into_owned());
+        }
+        let (lower, rest) = text.split_at(self.lower.len());
+        Ok(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            rest[0],
+            rest[1]
+        ))
+    }
+}
+
+/// One step of the root filesystem plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// mount(2).
+    Mount {
+        /// Source (device or fs name); `None` for propagation changes.
+        source: Option<String>,
+        /// Mount point.
+        target: PathBuf,
+        /// Filesystem type.
+        fstype: Option<String>,
+        /// Mount flags.
+        flags: MsFlags,
+        /// Filesystem options.
+        data: Option<String>,
+    },
+    /// Create a directory and its parents.
+    Mkdir {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// Create a character device node with the given permissions.
+    Mknod {
+        /// Node path.
+        path: PathBuf,
+        /// Major number.
+        major: u64,
+        /// Minor number.
+        minor: u64,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Create a symlink `link` -> `target`.
+    Symlink {
+        /// What the link points at.
+        target: PathBuf,
+        /// The link itself.
+        link: PathBuf,
+    },
+    /// Make `new_root` the process root (pivot_root, or move+chroot from an initramfs).
+    PivotRoot {
+        /// The new root.
+        new_root: PathBuf,
+    },
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+            } => write!(
+                f,
+                "mount {} on {} (type {}, flags {}, options {})",
+                source.as_deref().unwrap_or("none"),
+                target.display(),
+                fstype.as_deref().unwrap_or("none"),
+                flag_names(*flags),
+                data.as_deref().unwrap_or("none")
+            ),
+            Step::Mkdir { path } => write!(f, "mkdir {}", path.display()),
+            Step::Mknod {
+                path, major, minor, ..
+            } => write!(f, "mknod {} c {major} {minor}", path.display()),
+            Step::Symlink { target, link } => {
+                write!(f, "symlink {} -> {}", link.display(), target.display())
+            }
+            Step::PivotRoot { new_root } => write!(f, "pivot_root into {}", new_root.display()),
+        }
+    }
+}
+
+/// Mount flags as `MS_A|MS_B` (`0` when empty).
+pub fn flag_names(flags: MsFlags) -> String {
+    if flags.is_empty() {
+        return "0".to_string();
+    }
+    flags
+        .iter_names()
+        .map(|(name, _)| name)
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// Device nodes every container gets: (name, major, minor).
+pub const DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+fn mount(
+    source: &str,
+    target: PathBuf,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Step {
+    Step::Mount {
+        source: Some(source.to_string()),
+        target,
+        fstype: Some(fstype.to_string()),
+        flags,
+        data: data.map(str::to_string),
+    }
+}
+
+/// The ordered steps that build the container's root (run inside its new mount namespace).
+pub fn plan(layout: &RootfsLayout) -> Result<Vec<Step>, RootfsError> {
+    let root = &layout.target;
+    let dev = root.join("dev");
+    let mut steps = vec![
+        // Nothing we mount from here on may propagate back to the host.
+        Step::Mount {
+            source: None,
+            target: PathBuf::from("/"),
+            fstype: None,
+            flags: MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            data: None,
+        },
+        mount(
+            "overlay",
+            root.clone(),
+            "overlay",
+            MsFlags::empty(),
+            Some(&layout.overlay_options()?),
+        ),
+        Step::Mkdir {
+            path: root.join("proc"),
+        },
+        mount(
+            "proc",
+            root.join("proc"),
+            "proc",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None,
+        ),
+        Step::Mkdir { path: dev.clone() },
+        mount(
+            "tmpfs",
+            dev.clone(),
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+            Some("mode=755,size=65536k"),
+        ),
+    ];
+    for (name, major, minor) in DEVICES {
+        steps.push(Step::Mknod {
+            path: dev.join(name),
+            major,
+            minor,
+            mode: 0o666,
+        });
+    }
+    steps.extend([
+        Step::Mkdir {
+            path: dev.join("pts"),
+        },
+        mount(
+            "devpts",
+            dev.join("pts"),
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ),
+        Step::Symlink {
+            target: PathBuf::from("pts/ptmx"),
+            link: dev.join("ptmx"),
+        },
+        Step::Mkdir {
+            path: dev.join("shm"),
+        },
+        mount(
+            "shm",
+            dev.join("shm"),
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        ),
+    ]);
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        steps.push(Step::Symlink {
+            target: PathBuf::from(target),
+            link: dev.join(link),
+        });
+    }
+    steps.extend([
+        Step::Mkdir {
+            path: root.join("sys"),
+        },
+        mount(
+            "sysfs",
+            root.join("sys"),
+            "sysfs",
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None,
+        ),
+        Step::PivotRoot {
+            new_root: root.clone(),
+        },
+    ]);
+    Ok(steps)
+}
+
+/// The syscalls the runtime needs inside the container, so tests can record them.
+pub trait Sys {
+    /// mount(2).
+    fn mount(
+        &mut self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()>;
+    /// mkdir -p.
+    fn mkdir_all(&mut self, path: &Path) -> io::Result<()>;
+    /// mknod(2) of a character device, then chmod to `mode` (ignoring the umask).
+    fn mknod_char(&mut self, path: &Path, major: u64, minor: u64, mode: u32) -> io::Result<()>;
+    /// symlink(2).
+    fn symlink(&mut self, target: &Path, link: &Path) -> io::Result<()>;
+    /// chdir(2).
+    fn chdir(&mut self, path: &Path) -> io::Result<()>;
+    /// pivot_root(2).
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> io::Result<()>;
+    /// umount2(2) with MNT_DETACH.
+    fn umount_detach(&mut self, target: &Path) -> io::Result<()>;
+    /// chroot(2).
+    fn chroot(&mut self, path: &Path) -> io::Result<()>;
+    /// sethostname(2).
+    fn sethostname(&mut self, name: &str) -> io::Result<()>;
+    /// execve(2); returns only on failure.
+    fn execve(&mut self, path: &str, args: &[String], env: &[String]) -> io::Error;
+}
+
+/// Run a plan, stopping at the first failing step.
+pub fn apply(steps: &[Step], sys: &mut dyn Sys) -> Result<(), RootfsError> {
+    for step in steps {
+        run_step(step, sys).map_err(|source| RootfsError::Step {
+            step: step.to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn run_step(step: &Step, sys: &mut dyn Sys) -> io::Result<()> {
+    match step {
+        Step::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } => sys.mount(
+            source.as_deref(),
+            target,
+            fstype.as_deref(),
+            *flags,
+            data.as_deref(),
+        ),
+        Step::Mkdir { path } => sys.mkdir_all(path),
+        Step::Mknod {
+            path,
+            major,
+            minor,
+            mode,
+        } => sys.mknod_char(path, *major, *minor, *mode),
+        Step::Symlink { target, link } => sys.symlink(target, link),
+        Step::PivotRoot { new_root } => enter_root(new_root, sys),
+    }
+}
+
+/// The runc trick: pivot_root(".", ".") stacks the old root under the new one, and a lazy
+/// unmount of "." then drops it, with no put_old directory needed. pivot_root is refused
+/// (EINVAL) when the current root is the initramfs; then the new root is moved over "/" and
+/// chroot'ed into, which is what `switch_root` does.
+fn enter_root(new_root: &Path, sys: &mut dyn Sys) -> io::Result<()> {
+    let dot = Path::new(".");
+    sys.chdir(new_root)?;
+    match sys.pivot_root(dot, dot) {
+        Ok(()) => sys.umount_detach(dot)?,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            sys.mount(Some("."), Path::new("/"), None, MsFlags::MS_MOVE, None)?;
+            sys.chroot(dot)?;
+        }
+        Err(e) => return Err(e),
+    }
+    sys.chdir(Path::new("/"))
+}
+
+/// The real syscalls.
+#[derive(Debug, Default)]
+pub struct RealSys;
+
+fn errno(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+impl Sys for RealSys {
+    fn mount(
+        &mut self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data).map_err(errno)
+    }
+
+    fn mkdir_all(&mut self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn mknod_char(&mut self, path: &Path, major: u64, minor: u64, mode: u32) -> io::Result<()> {
+        let perm = Mode::from_bits_truncate(mode);
+        nix::sys::stat::mknod(
+            path,
+            SFlag::S_IFCHR,
+            perm,
+            nix::sys::stat::makedev(major, minor),
+        )
+        .map_err(errno)?;
+        nix::sys::stat::fchmodat(
+            None,
+            path,
+            perm,
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(errno)
+    }
+
+    fn symlink(&mut self, target: &Path, link: &Path) -> io::Result<()> {
+        std::os::unix::fs::symlink(target, link)
+    }
+
+    fn chdir(&mut self, path: &Path) -> io::Result<()> {
+        nix::unistd::chdir(path).map_err(errno)
+    }
+
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> io::Result<()> {
+        nix::unistd::pivot_root(new_root, put_old).map_err(errno)
+    }
+
+    fn umount_detach(&mut self, target: &Path) -> io::Result<()> {
+        nix::mount::umount2(target, MntFlags::MNT_DETACH).map_err(errno)
+    }
+
+    fn chroot(&mut self, path: &Path) -> io::Result<()> {
+        nix::unistd::chroot(path).map_err(errno)
+    }
+
+    fn sethostname(&mut self, name: &str) -> io::Result<()> {
+        nix::unistd::sethostname(name).map_err(errno)
+    }
+
+    fn execve(&mut self, path: &str, args: &[String], env: &[String]) -> io::Error {
+        let to_c = |items: &[String]| -> Result<Vec<CString>, io::Error> {
+            items
+                .iter()
+                .map(|s| {
+                    CString::new(s.as_str())
+                        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in argument or environment"))
+                })
+                .collect()
+        };
+        let (path, args, env) = match (CString::new(path), to_c(args), to_c(env)) {
+            (Ok(p), Ok(a), Ok(e)) => (p, a, e),
+            (Err(_), _, _) => {
+                return io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in program path")
+            }
+            (_, Err(e), _) | (_, _, Err(e)) => return e,
+        };
+        match nix::unistd::execve(&path, &args, &env) {
+            Err(e) => errno(e),
+            Ok(never) => match never {},
+        }
+    }
+}
+
+/// A recording [`Sys`] for tests: every call is logged as one line; calls can be made to fail.
+#[derive(Debug, Default)]
+pub struct FakeSys {
+    /// One line per call, in order.
+    pub calls: Vec<String>,
+    /// (call prefix, errno): the first call whose line starts with the prefix fails.
+    pub failures: Vec<(String, i32)>,
+}
+
+impl FakeSys {
+    fn record(&mut self, line: String) -> io::Result<()> {
+        let failure = self
+            .failures
+            .iter()
+            .position(|(prefix, _)| line.starts_with(prefix.as_str()));
+        self.calls.push(line);
+        match failure {
+            Some(index) => {
+                let (_, code) = self.failures.remove(index);
+                Err(io::Error::from_raw_os_error(code))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Sys for FakeSys {
+    fn mount(
+        &mut self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        self.record(format!(
+            "mount {} {} {} {} {}",
+            source.unwrap_or("-"),
+            target.display(),
+            fstype.unwrap_or("-"),
+            flag_names(flags),
+            data.unwrap_or("-")
+        ))
+    }
+    fn mkdir_all(&mut self, path: &Path) -> io::Result<()> {
+        self.record(format!("mkdir {}", path.display()))
+    }
+    fn mknod_char(&mut self, path: &Path, major: u64, minor: u64, mode: u32) -> io::Result<()> {
+        self.record(format!("mknod {} {major}:{minor} {mode:o}", path.display()))
+    }
+    fn symlink(&mut self, target: &Path, link: &Path) -> io::Result<()> {
+        self.record(format!("symlink {} -> {}", link.display(), target.display()))
+    }
+    fn chdir(&mut self, path: &Path) -> io::Result<()> {
+        self.record(format!("chdir {}", path.display()))
+    }
+    fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> io::Result<()> {
+        self.record(format!(
+            "pivot_root {} {}",
+            new_root.display(),
+            put_old.display()
+        ))
+    }
+    fn umount_detach(&mut self, target: &Path) -> io::Result<()> {
+        self.record(format!("umount_detach {}", target.display()))
+    }
+    fn chroot(&mut self, path: &Path) -> io::Result<()> {
+        self.record(format!("chroot {}", path.display()))
+    }
+    fn sethostname(&mut self, name: &str) -> io::Result<()> {
+        self.record(format!("sethostname {name}"))
+    }
+    fn execve(&mut self, path: &str, args: &[String], env: &[String]) -> io::Error {
+        match self.record(format!("execve {path} {args:?} {env:?}")) {
+            Err(e) => e,
+            // A fake cannot replace the process: report "success" as an error tests can see.
+            Ok(()) => io::Error::other("fake execve succeeded"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> RootfsLayout {
+        RootfsLayout::for_container(
+            Path::new("/state/containers"),
+            "web",
+            &[PathBuf::from("/store/layers/base"), PathBuf::from("/store/layers/top")],
+        )
+    }
+
+    #[test]
+    fn layout_reverses_layers_and_places_dirs_under_container() {
+        let l = layout();
+        assert_eq!(
+            l.lower,
+            vec![PathBuf::from("/store/layers/top"), PathBuf::from("/store/layers/base")]
+        );
+        assert_eq!(l.upper, PathBuf::from("/state/containers/web/upper"));
+        assert_eq!(l.work, PathBuf::from("/state/containers/web/work"));
+        assert_eq!(l.target, PathBuf::from("/state/containers/web/rootfs"));
+        assert_eq!(
+            l.overlay_options().unwrap(),
+            "lowerdir=/store/layers/top:/store/layers/base,\
+             upperdir=/state/containers/web/upper,workdir=/state/containers/web/work"
+        );
+    }
+
+    #[test]
+    fn overlay_rejects_no_layers_and_unsafe_paths() {
+        let mut l = layout();
+        l.lower.clear();
+        assert!(matches!(l.overlay_options(), Err(RootfsError::NoLayers)));
+        let mut l = layout();
+        l.upper = PathBuf::from("/a,b/upper");
+        assert!(matches!(l.overlay_options(), Err(RootfsError::UnsafePath(_))));
+        assert!(plan(&l).is_err());
+    }
+
+    #[test]
+    fn plan_order_and_flags() {
+        let steps = plan(&layout()).unwrap();
+        let root = PathBuf::from("/state/containers/web/rootfs");
+        // rprivate first, overlay second, pivot last.
+        assert_eq!(
+            steps[0],
+            Step::Mount {
+                source: None,
+                target: PathBuf::from("/"),
+                fstype: None,
+                flags: MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                data: None
+            }
+        );
+        assert!(matches!(&steps[1], Step::Mount { fstype: Some(t), target, .. } if t == "overlay" && *target == root));
+        assert_eq!(
+            steps.last(),
+            Some(&Step::PivotRoot {
+                new_root: root.clone()
+            })
+        );
+        let index = |pred: &dyn Fn(&Step) -> bool| steps.iter().position(pred).unwrap();
+        let mount_of = |fs: &'static str| {
+            move |s: &Step| matches!(s, Step::Mount { fstype: Some(t), .. } if t == fs)
+        };
+        let proc_i = index(&mount_of("proc"));
+        let dev_i = index(&|s| matches!(s, Step::Mount { target, .. } if *target == root.join("dev")));
+        let pts_i = index(&mount_of("devpts"));
+        let sys_i = index(&mount_of("sysfs"));
+        let null_i = index(&|s| matches!(s, Step::Mknod { path, .. } if path.ends_with("dev/null")));
+        assert!(1 < proc_i && proc_i < dev_i && dev_i < null_i && null_i < pts_i && pts_i < sys_i);
+        // /sys is read-only; /dev is a 755 tmpfs; devpts is a private instance.
+        match &steps[sys_i] {
+            Step::Mount { flags, .. } => assert!(flags.contains(MsFlags::MS_RDONLY)),
+            other => unreachable!("{other:?}"),
+        }
+        match &steps[dev_i] {
+            Step::Mount { fstype, data, flags, .. } => {
+                assert_eq!(fstype.as_deref(), Some("tmpfs"));
+                assert!(data.as_deref().unwrap_or("").contains("mode=755"));
+                assert!(!flags.contains(MsFlags::MS_NODEV));
+            }
+            other => unreachable!("{other:?}"),
+        }
+        match &steps[pts_i] {
+            Step::Mount { data, .. } => {
+                assert!(data.as_deref().unwrap_or("").contains("newinstance"));
+                assert!(data.as_deref().unwrap_or("").contains("ptmxmode=0666"));
+            }
+            other => unreachable!("{other:?}"),
+        }
+        // Every standard node and symlink is there.
+        for (name, major, minor) in DEVICES {
+            assert!(steps.contains(&Step::Mknod {
+                path: root.join("dev").join(name),
+                major,
+                minor,
+                mode: 0o666
+            }));
+        }
+        for (link, target) in [
+            ("ptmx", "pts/ptmx"),
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            assert!(steps.contains(&Step::Symlink {
+                target: PathBuf::from(target),
+                link: root.join("dev").join(link)
+            }));
+        }
+        // Mount points are created before they are mounted on.
+        for (i, step) in steps.iter().enumerate() {
+            if let Step::Mount { target, .. } = step {
+                if target.starts_with(&root) && *target != root {
+                    assert!(steps[..i].contains(&Step::Mkdir { path: target.clone() }), "{target:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn apply_records_syscalls_and_pivots_the_runc_way() {
+        let mut sys = FakeSys::default();
+        apply(&plan(&layout()).unwrap(), &mut sys).unwrap();
+        let tail: Vec<&str> = sys.calls.iter().rev().take(4).rev().map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            [
+                "chdir /state/containers/web/rootfs",
+                "pivot_root . .",
+                "umount_detach .",
+                "chdir /"
+            ]
+        );
+        assert!(sys.calls[0].starts_with("mount - / - MS_REC|MS_PRIVATE -"));
+    }
+
+    #[test]
+    fn pivot_root_einval_falls_back_to_move_and_chroot() {
+        let mut sys = FakeSys {
+            failures: vec![("pivot_root".into(), libc::EINVAL)],
+            ..FakeSys::default()
+        };
+        apply(&plan(&layout()).unwrap(), &mut sys).unwrap();
+        let tail: Vec<&str> = sys.calls.iter().rev().take(4).rev().map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            ["pivot_root . .", "mount . / - MS_MOVE -", "chroot .", "chdir /"]
+        );
+    }
+
+    #[test]
+    fn failing_step_stops_the_plan_and_names_the_step() {
+        let mut sys = FakeSys {
+            failures: vec![("mount sysfs".into(), libc::EPERM)],
+            ..FakeSys::default()
+        };
+        let err = apply(&plan(&layout()).unwrap(), &mut sys).unwrap_err();
+        assert!(err.to_string().contains("mount sysfs on /state/containers/web/rootfs/sys"), "{err}");
+        assert!(sys.calls.last().unwrap().starts_with("mount sysfs"));
+        assert!(!sys.calls.iter().any(|c| c.starts_with("pivot_root")));
+    }
+
+    #[test]
+    fn prepare_host_dirs_recreates_upper_and_work_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = RootfsLayout::for_container(tmp.path(), "web", &[tmp.path().join("layer")]);
+        l.prepare_host_dirs().unwrap();
+        std::fs::write(l.upper.join("leftover"), "x").unwrap();
+        l.prepare_host_dirs().unwrap();
+        assert!(l.upper.is_dir() && l.work.is_dir() && l.target.is_dir());
+        assert!(!l.upper.join("leftover").exists());
+    }
+}

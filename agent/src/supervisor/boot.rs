@@ -1,0 +1,163 @@
+//! From a manifest file to runnable container plans: load and validate the manifest, import
+//! its images into the store, merge each container with its image config.
+//!
+//! All of it happens before anything starts, so an invalid manifest starts nothing.
+
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
+
+use crate::manifest::{Location, Manifest, ManifestError};
+use crate::runtime::{self, InitConfig, RootfsLayout, SpecError};
+use crate::store::{Store, StoreError};
+
+/// One container, ready to launch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPlan {
+    /// Container name (`[containers.NAME]`).
+    pub name: String,
+    /// What the init shim needs.
+    pub init: InitConfig,
+    /// The signal that asks it to stop (image StopSignal, default SIGTERM).
+    pub stop_signal: Signal,
+}
+
+/// Why the manifest was rejected. Every variant's message starts with the `file:line:column`
+/// of the manifest key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The manifest is invalid or names a missing image source.
+    #[error(transparent)]
+    Manifest(Box<ManifestError>),
+    /// The store cannot be opened.
+    #[error("{at}: cannot open the image store at {path}")]
+    Store {
+        /// Manifest location (`file:line:column`) of `[images]`.
+        at: String,
+        /// Store root.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// An image failed to import.
+    #[error("{at}: image {name:?}: cannot import the OCI layout {layout}")]
+    Import {
+        /// Manifest location of the image's `source`.
+        at: String,
+        /// `[images]` key.
+        name: String,
+        /// Layout directory.
+        layout: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// A container's image is not in the store.
+    #[error("{at}: container={container}: image {image:?} is not in the store")]
+    Image {
+        /// Manifest location of the container's `image`.
+        at: String,
+        /// Container name.
+        container: String,
+        /// Image name.
+        image: String,
+        /// Why.
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// The process cannot be built from image + manifest, or the image's StopSignal is bad.
+    #[error("{at}: {error}")]
+    Spec {
+        /// Manifest location of the container's table.
+        at: String,
+        /// What is wrong.
+        error: SpecError,
+    },
+}
+
+impl From<ManifestError> for BootError {
+    fn from(e: ManifestError) -> Self {
+        BootError::Manifest(Box::new(e))
+    }
+}
+
+fn at(manifest: &Manifest, key: &str) -> String {
+    let loc = manifest.location_of(key).unwrap_or(Location::START);
+    format!("{}:{}:{}", manifest.file().display(), loc.line, loc.column)
+}
+
+/// A validated manifest and its containers' plans (in name order).
+#[derive(Debug)]
+pub struct Boot {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// One plan per container.
+    pub plans: Vec<ContainerPlan>,
+}
+
+/// The image store below the state directory.
+pub fn store_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("store")
+}
+
+/// Per-container directories below the state directory.
+pub fn containers_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("containers")
+}
+
+/// Load `manifest_path`, import its images (layouts relative to the manifest's directory) into
+/// `STATE/store`, and plan every container.
+pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError> {
+    let manifest = Manifest::load(manifest_path)?;
+    let base_dir = manifest_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let images = manifest.resolve_images(base_dir)?;
+
+    let store_path = store_dir(state_dir);
+    let store = Store::open(&store_path).map_err(|source| BootError::Store {
+        at: at(&manifest, "images"),
+        path: store_path.clone(),
+        source: Box::new(source),
+    })?;
+    for image in &images {
+        store
+            .import_oci_layout(&image.name, &image.layout)
+            .map_err(|source| BootError::Import {
+                at: at(&manifest, &format!("images.{}.source", image.name)),
+                name: image.name.clone(),
+                layout: image.layout.clone(),
+                source: Box::new(source),
+            })?;
+    }
+
+    let containers = containers_dir(state_dir);
+    let mut plans = Vec::with_capacity(manifest.containers.len());
+    for (name, spec) in &manifest.containers {
+        let image = store.image(&spec.image).map_err(|source| BootError::Image {
+            at: at(&manifest, &format!("containers.{name}.image")),
+            container: name.clone(),
+            image: spec.image.clone(),
+            source: Box::new(source),
+        })?;
+        let spec_error = |error| BootError::Spec {
+            at: at(&manifest, &format!("containers.{name}")),
+            error,
+        };
+        let process = runtime::merge(name, &image.config, spec).map_err(spec_error)?;
+        let stop_signal = runtime::spec::stop_signal(image.config.stop_signal.as_deref())
+            .map_err(spec_error)?;
+        plans.push(ContainerPlan {
+            name: name.clone(),
+            init: InitConfig {
+                name: name.clone(),
+                process,
+                rootfs: RootfsLayout::for_container(&containers, name, &image.layer_dirs),
+            },
+            stop_signal,
+        });
+    }
+    Ok(Boot { manifest, plans })
+}

@@ -1,0 +1,151 @@
+//! Every manifest under tests/data/manifests/valid loads; every one under invalid/ fails at the
+//! recorded `line:column` with the recorded message fragment — and each fixture is listed.
+
+// Test helpers may fail loudly; clippy only exempts `#[test]` functions themselves.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use berth_agent::manifest::{ErrorKind, Manifest, MAX_MANIFEST_BYTES};
+
+/// (file, line, column, kind, message fragment).
+const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
+    ("absolute-source.toml", 4, 22, ErrorKind::InvalidValue, "is absolute; write it relative to the manifest's directory"),
+    ("bad-container-hostname.toml", 8, 12, ErrorKind::InvalidValue, "label \"web-\" starts or ends with '-'"),
+    ("bad-container-name-dash.toml", 6, 13, ErrorKind::InvalidValue, "container name \"-web\" starts or ends with '-'"),
+    ("bad-container-name.toml", 6, 13, ErrorKind::InvalidValue, "container names are DNS labels: lowercase a-z, 0-9 and '-'; try \"my-app\""),
+    ("bad-env-key.toml", 8, 9, ErrorKind::InvalidValue, "contains '='; write the name as the key"),
+    ("bad-hostname.toml", 4, 12, ErrorKind::InvalidValue, "hostname \"my_host\" contains '_'"),
+    ("bad-image-name.toml", 4, 1, ErrorKind::InvalidValue, "image name \"BusyBox\" contains 'B'"),
+    ("dotdot-source.toml", 4, 22, ErrorKind::InvalidValue, "contains `..`"),
+    ("duplicate-key.toml", 5, 1, ErrorKind::Syntax, "duplicate key `hostname`"),
+    ("empty-command.toml", 8, 11, ErrorKind::InvalidValue, "`command` is empty"),
+    ("empty-entrypoint-arg.toml", 8, 26, ErrorKind::InvalidValue, "`entrypoint` element 1 (an argument) is an empty string"),
+    ("empty-env-key.toml", 8, 9, ErrorKind::InvalidValue, "environment variable name is empty"),
+    ("empty-source-path.toml", 4, 22, ErrorKind::InvalidValue, "image source path is empty"),
+    ("empty.toml", 1, 1, ErrorKind::Version, "the manifest is empty; a manifest starts with `version = 1`"),
+    ("hostname-too-long.toml", 4, 12, ErrorKind::InvalidValue, "Linux allows at most 64"),
+    ("image-not-declared-no-images.toml", 4, 9, ErrorKind::UnknownImage, "[images] is empty; declare it"),
+    ("image-not-declared.toml", 7, 9, ErrorKind::UnknownImage, "image \"busyboxx\" is not declared in [images]; did you mean \"busybox\"? declared images: \"busybox\""),
+    ("missing-image-key.toml", 6, 13, ErrorKind::MissingKey, "container \"web\" has no `image`"),
+    ("missing-scheme.toml", 4, 18, ErrorKind::InvalidValue, "has no scheme; write \"oci-layout:images/web\""),
+    ("missing-source.toml", 4, 1, ErrorKind::MissingKey, "image \"busybox\" has no `source`"),
+    ("missing-version.toml", 1, 1, ErrorKind::Version, "missing `version`; add `version = 1`"),
+    ("non-utf8.toml", 4, 6, ErrorKind::NotUtf8, "not valid UTF-8 (invalid byte 0xe9"),
+    ("relative-workdir.toml", 8, 11, ErrorKind::InvalidValue, "workdir \"srv/www\" is not absolute"),
+    ("syntax-unclosed-header.toml", 3, 16, ErrorKind::Syntax, "TOML syntax error: invalid table header"),
+    ("syntax-unclosed-string.toml", 4, 17, ErrorKind::Syntax, "TOML syntax error"),
+    ("unknown-container-key.toml", 7, 1, ErrorKind::UnknownKey, "unknown key `imagee` in [containers.web]; did you mean `image`?"),
+    ("unknown-image-key.toml", 4, 13, ErrorKind::UnknownKey, "unknown key `sourc` in [images.busybox]; did you mean `source`?"),
+    ("unknown-key-alias.toml", 8, 1, ErrorKind::UnknownKey, "unknown key `environment` in [containers.web]; did you mean `env`?"),
+    ("unknown-key-dotted.toml", 4, 16, ErrorKind::UnknownKey, "unknown key `comand` in [containers.web]; did you mean `command`?"),
+    ("unknown-top-level-key.toml", 2, 1, ErrorKind::UnknownKey, "`hostname` belongs in [host]"),
+    ("unsupported-scheme.toml", 4, 18, ErrorKind::InvalidValue, "unsupported image source scheme `oci-archive:`"),
+    ("version-2.toml", 2, 11, ErrorKind::Version, "unsupported manifest version 2; this berth supports version 1"),
+    ("version-string.toml", 1, 11, ErrorKind::Version, "`version` must be an integer"),
+    ("wrong-type-array-element.toml", 11, 3, ErrorKind::WrongType, "wrong type for `command`: found integer `8080`, expected a string"),
+    ("wrong-type-command.toml", 8, 11, ErrorKind::WrongType, "wrong type for `command`: found string \"httpd -f\", expected an array"),
+    ("wrong-type-env-value.toml", 8, 16, ErrorKind::WrongType, "wrong type for `PORT`"),
+    ("wrong-type-image-table.toml", 4, 11, ErrorKind::WrongType, "expected a table like `{ source = \"oci-layout:images/NAME\" }`"),
+];
+
+fn fixtures(kind: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/manifests")
+        .join(kind);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_valid_manifest_loads() {
+    let files = fixtures("valid");
+    assert!(files.len() >= 5, "valid fixtures missing: {files:?}");
+    for file in files {
+        if let Err(e) = Manifest::load(&file) {
+            panic!("{} should be valid, got: {e}", file.display());
+        }
+    }
+}
+
+#[test]
+fn every_invalid_manifest_fails_where_recorded() {
+    let files = fixtures("invalid");
+    let on_disk: BTreeSet<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let listed: BTreeSet<String> = INVALID.iter().map(|(f, ..)| (*f).to_owned()).collect();
+    assert_eq!(
+        on_disk, listed,
+        "every invalid fixture needs exactly one expectation"
+    );
+
+    let mut failures = Vec::new();
+    for (name, line, column, kind, fragment) in INVALID {
+        let path = files.iter().find(|p| p.ends_with(name)).unwrap();
+        match Manifest::load(path) {
+            Ok(_) => failures.push(format!("{name}: loaded but should fail")),
+            Err(e) => {
+                let rendered = e.to_string();
+                let prefix = format!("{}:{line}:{column}: ", path.display());
+                if !rendered.starts_with(&prefix)
+                    || !e.message.contains(fragment)
+                    || e.kind != *kind
+                {
+                    failures.push(format!(
+                        "{name}: expected {line}:{column} {kind:?} containing {fragment:?}\n    got {:?}: {rendered}",
+                        e.kind
+                    ));
+                }
+                assert_eq!(e.file, *path, "the error names the path as given");
+                assert!(
+                    !rendered.contains('\n'),
+                    "{name}: error is not one line: {rendered}"
+                );
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn oversized_manifest_is_refused_with_its_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("huge.toml");
+    let mut text = String::from("version = 1\n");
+    while (text.len() as u64) <= MAX_MANIFEST_BYTES {
+        text.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    std::fs::write(&path, &text).unwrap();
+    let e = Manifest::load(&path).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::TooLarge);
+    assert_eq!((e.line, e.column), (1, 1));
+    assert!(
+        e.message.contains(&format!("{} bytes", text.len())),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn the_demo_manifest_is_valid() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.toml");
+    let m = Manifest::load(&demo).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.host.hostname, "demo");
+    assert_eq!(m.images.keys().collect::<Vec<_>>(), ["busybox"]);
+    assert_eq!(m.containers.keys().collect::<Vec<_>>(), ["hello", "web"]);
+    assert!(m.containers["hello"].env.contains_key("GREETING"));
+    let web = m.containers["web"].command.as_ref().unwrap();
+    let script = web.last().unwrap();
+    assert!(
+        script.contains("trap") && script.contains("httpd") && script.contains("8080"),
+        "{script}"
+    );
+}

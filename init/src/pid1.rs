@@ -1,0 +1,231 @@
+//! PID 1's main loop: supervise the agent, reap zombies, turn requests into a shutdown.
+//!
+//! All state lives in [`Pid1`] so that after a caught panic the loop is re-entered where it
+//! was (a running agent stays supervised, a shutdown in progress resumes).
+
+use std::time::Duration;
+
+use crate::agent::Supervisor;
+use crate::shutdown::Shutdown;
+use crate::sys::{AgentSpec, Sys};
+
+/// After this many panics during one shutdown, skip to sync + unmount + reboot.
+const SHUTDOWN_PANIC_LIMIT: u32 = 3;
+
+/// PID 1's long-lived state.
+#[derive(Debug)]
+pub struct Pid1 {
+    agent: AgentSpec,
+    grace: Duration,
+    supervisor: Supervisor,
+    shutdown: Option<Shutdown>,
+    shutdown_panics: u32,
+}
+
+impl Pid1 {
+    /// A PID 1 that will start `agent` and give it `grace` to stop at shutdown.
+    pub fn new(agent: AgentSpec, grace: Duration) -> Pid1 {
+        Pid1 {
+            agent,
+            grace,
+            supervisor: Supervisor::default(),
+            shutdown: None,
+            shutdown_panics: 0,
+        }
+    }
+
+    /// Record that the loop panicked (called by the panic catcher before re-entering).
+    pub fn panicked(&mut self) {
+        if let Some(shutdown) = &mut self.shutdown {
+            self.shutdown_panics += 1;
+            if self.shutdown_panics >= SHUTDOWN_PANIC_LIMIT {
+                shutdown.skip_to_sync();
+            }
+        }
+    }
+
+    /// Whether a shutdown is in progress.
+    #[cfg(test)]
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.is_some()
+    }
+
+    /// Run until the system is halted (reboot(2) failed). Never returns otherwise.
+    pub fn run(&mut self, sys: &mut dyn Sys) {
+        while self.step(sys) {}
+    }
+
+    /// One iteration; `false` once the shutdown finished without rebooting.
+    pub fn step(&mut self, sys: &mut dyn Sys) -> bool {
+        if let Some(shutdown) = &mut self.shutdown {
+            shutdown.run(sys);
+            return false;
+        }
+        let now = sys.now();
+        for (pid, code) in sys.reap().exited {
+            if let Some(delay) = self.supervisor.reaped(pid, now) {
+                sys.log(&format!(
+                    "agent exited code={code}, restarting in {}ms",
+                    delay.as_millis()
+                ));
+            }
+        }
+        if self.supervisor.start_due(now) {
+            match sys.spawn(&self.agent) {
+                Ok(pid) => {
+                    self.supervisor.started(pid, now);
+                    sys.log(&format!(
+                        "started agent {} pid={pid}",
+                        self.agent.path.display()
+                    ));
+                }
+                Err(e) => {
+                    let delay = self.supervisor.start_failed(now);
+                    sys.log(&format!(
+                        "error: cannot start agent {}: {e}; retrying in {}ms",
+                        self.agent.path.display(),
+                        delay.as_millis()
+                    ));
+                }
+            }
+        }
+        let mut requests = sys.wait(self.supervisor.wait_hint(sys.now())).into_iter();
+        if let Some(first) = requests.next() {
+            sys.log(&format!(
+                "{} received: {}",
+                first.source,
+                first.power.as_str()
+            ));
+            self.shutdown = Some(Shutdown::new(
+                first.power,
+                self.supervisor.pid(),
+                self.grace,
+            ));
+            for other in requests {
+                sys.log(&format!(
+                    "shutdown already in progress ({}), ignoring {} ({})",
+                    first.power.as_str(),
+                    other.source,
+                    other.power.as_str()
+                ));
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shutdown::fake::FakeSys;
+    use crate::sys::{Power, Request};
+    use std::path::PathBuf;
+
+    fn spec() -> AgentSpec {
+        AgentSpec {
+            path: PathBuf::from("/usr/bin/berthd"),
+            env: vec![("PATH".to_string(), "/usr/bin".to_string())],
+        }
+    }
+
+    #[test]
+    fn restarts_a_crashing_agent_with_backoff() {
+        let mut sys = FakeSys::default();
+        for _ in 0..4 {
+            sys.spawn_lifetimes.push_back(Ok(Duration::from_millis(10)));
+        }
+        let mut pid1 = Pid1::new(spec(), Duration::from_secs(20));
+        for _ in 0..9 {
+            assert!(pid1.step(&mut sys));
+        }
+        let logs = sys.log_lines();
+        let restarts: Vec<&str> = logs
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with("agent exited"))
+            .collect();
+        assert_eq!(
+            restarts,
+            vec![
+                "agent exited code=0, restarting in 100ms",
+                "agent exited code=0, restarting in 200ms",
+                "agent exited code=0, restarting in 400ms",
+                "agent exited code=0, restarting in 800ms",
+            ]
+        );
+        // Each start comes after the previous 10 ms run plus the delay: never a busy loop.
+        let spawns: Vec<&str> = sys
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("spawn"))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            spawns,
+            vec![
+                "spawn /usr/bin/berthd at 0",
+                "spawn /usr/bin/berthd at 110",
+                "spawn /usr/bin/berthd at 320",
+                "spawn /usr/bin/berthd at 730",
+                "spawn /usr/bin/berthd at 1540",
+            ]
+        );
+    }
+
+    #[test]
+    fn failed_spawns_back_off_too() {
+        let mut sys = FakeSys::default();
+        sys.spawn_lifetimes
+            .push_back(Err("No such file or directory".to_string()));
+        let mut pid1 = Pid1::new(spec(), Duration::from_secs(20));
+        pid1.step(&mut sys);
+        pid1.step(&mut sys);
+        let logs = sys.log_lines();
+        assert_eq!(
+            logs[0],
+            "error: cannot start agent /usr/bin/berthd: No such file or directory; retrying in 100ms"
+        );
+        assert_eq!(logs[1], "started agent /usr/bin/berthd pid=1");
+        assert!(sys
+            .calls
+            .contains(&"spawn /usr/bin/berthd at 100".to_string()));
+    }
+
+    #[test]
+    fn a_signal_starts_the_ordered_shutdown_of_the_running_agent() {
+        let mut sys = FakeSys::default();
+        sys.requests.push_back(vec![
+            Request {
+                power: Power::PowerOff,
+                source: "power button",
+            },
+            Request {
+                power: Power::Reboot,
+                source: "SIGINT",
+            },
+        ]);
+        let mut pid1 = Pid1::new(spec(), Duration::from_secs(20));
+        assert!(pid1.step(&mut sys));
+        assert!(pid1.shutting_down());
+        assert!(!pid1.step(&mut sys));
+        let logs = sys.log_lines();
+        assert!(logs.contains(&"power button received: poweroff"));
+        assert!(logs.contains(&"shutdown already in progress (poweroff), ignoring SIGINT (reboot)"));
+        let term = sys
+            .calls
+            .iter()
+            .position(|c| c == "kill 1 SIGTERM")
+            .unwrap();
+        let reboot = sys
+            .calls
+            .iter()
+            .position(|c| c == "reboot poweroff")
+            .unwrap();
+        assert!(term < reboot);
+        // The agent is not restarted during shutdown.
+        assert_eq!(
+            sys.calls.iter().filter(|c| c.starts_with("spawn")).count(),
+            1
+        );
+    }
+}

@@ -56,15 +56,27 @@ mod tests {
     fn lines_match_the_console_contract() {
         assert_eq!(Event::AgentStarted.to_string(), "berth: agent started");
         assert_eq!(
-            Event::Running { container: "web", pid: 42 }.to_string(),
+            Event::Running {
+                container: "web",
+                pid: 42
+            }
+            .to_string(),
             "berth: container=web state=running pid=42"
         );
         assert_eq!(
-            Event::Exited { container: "web", code: 137 }.to_string(),
+            Event::Exited {
+                container: "web",
+                code: 137
+            }
+            .to_string(),
             "berth: container=web state=exited code=137"
         );
         assert_eq!(
-            Event::Ready { running: 2, declared: 3 }.to_string(),
+            Event::Ready {
+                running: 2,
+                declared: 3
+            }
+            .to_string(),
             "berth: ready containers=2/3"
         );
     }

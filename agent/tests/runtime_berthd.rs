@@ -90,26 +90,51 @@ impl Berthd {
                 Err(_) => break,
             }
         }
-        panic!("no line {what} on berthd's console; saw:\n{}", self.seen.join("\n"));
+        panic!(
+            "no line {what} on berthd's console; saw:\n{}",
+            self.seen.join("\n")
+        );
     }
 
     fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }
 
-    fn terminate(mut self) -> Vec<String> {
-        kill(self.pid(), Signal::SIGTERM).unwrap();
+    /// SIGTERM, then wait for the exit (SIGKILL after 20 s).
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let _ = kill(self.pid(), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
-            assert!(Instant::now() < deadline, "berthd did not exit after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
-        };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+
+    fn terminate(mut self) -> Vec<String> {
+        let status = self.stop();
+        let status = status.expect("berthd did not exit within 20 s of SIGTERM");
         assert!(status.success(), "berthd exited with {status}");
-        self.seen.extend(self.lines.iter());
-        self.seen
+        self.seen.extend(self.lines.try_iter());
+        // Lines still in flight from the reader thread.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for Berthd {
+    /// A failing test must not leave berthd (and its containers) running.
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -166,9 +191,12 @@ command = ["/bin/sleep", "1000"]
     berthd.wait_for("hello exit", |l| {
         l == "berth: container=hello state=exited code=0"
     });
-    let sleeper = berthd.wait_for("sleeper running", |l| {
-        l.starts_with("berth: container=sleeper state=running pid=")
-    });
+    let sleeper = berthd
+        .seen
+        .iter()
+        .find(|l| l.starts_with("berth: container=sleeper state=running pid="))
+        .cloned()
+        .unwrap_or_else(|| panic!("sleeper never ran:\n{}", berthd.seen.join("\n")));
     // The machine hostname is set in berthd's (UTS) namespace, never on this host.
     let uts = Command::new("nsenter")
         .args(["-t", &berthd.pid().to_string(), "-u", "hostname"])
@@ -203,7 +231,10 @@ command = ["/bin/sleep", "1000"]
         .unwrap();
     let hello_exit = index("berth: container=hello state=exited code=0");
     assert!(broken_exit < hello_running);
-    assert!(hello_running < positions[0] && positions[3] < hello_exit, "{seen:#?}");
+    assert!(
+        hello_running < positions[0] && positions[3] < hello_exit,
+        "{seen:#?}"
+    );
     let sleeper_exit = index("berth: container=sleeper state=exited code=137");
     assert!(index(&sleeper) < sleeper_exit);
     let sleeper_pid = sleeper.rsplit('=').next().unwrap();
@@ -211,7 +242,10 @@ command = ["/bin/sleep", "1000"]
 
     // Nothing stays mounted below the state directory.
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mountinfo.contains(&*state.to_string_lossy()), "{mountinfo}");
+    assert!(
+        !mountinfo.contains(&*state.to_string_lossy()),
+        "{mountinfo}"
+    );
 }
 
 #[test]
@@ -234,5 +268,7 @@ fn a_rejected_manifest_starts_nothing_and_berthd_stays_up() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(berthd.child.try_wait().unwrap().is_none(), "berthd exited");
     let seen = berthd.terminate();
-    assert!(!seen.iter().any(|l| l.contains("state=running") || l.starts_with("berth: ready")));
+    assert!(!seen
+        .iter()
+        .any(|l| l.contains("state=running") || l.starts_with("berth: ready")));
 }

@@ -76,7 +76,11 @@ fn collect(name: &str, fd: OwnedFd) -> JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
         let mut lines = Vec::new();
         copy_lines(&name, fs::File::from(fd), &mut |l| {
-            lines.push(String::from_utf8_lossy(l).trim_end_matches('\n').to_string())
+            lines.push(
+                String::from_utf8_lossy(l)
+                    .trim_end_matches('\n')
+                    .to_string(),
+            )
         });
         lines
     })
@@ -92,7 +96,11 @@ fn mounts_below(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn setup() -> (std::sync::MutexGuard<'static, ()>, tempfile::TempDir, PathBuf) {
+fn setup() -> (
+    std::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    PathBuf,
+) {
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     runtime::become_subreaper().unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -120,10 +128,16 @@ fn container_is_pid1_with_own_hostname_root_and_prefixed_output() {
     let out = out.join().unwrap();
     let err = err.join().unwrap();
 
-    assert_eq!(out[0], "t1 | 1", "the shell is PID 1 in its namespace: {out:#?}");
+    assert_eq!(
+        out[0], "t1 | 1",
+        "the shell is PID 1 in its namespace: {out:#?}"
+    );
     assert_eq!(out[1], "t1 | t1-host", "{out:#?}");
     // / is the image (plus the mount points the runtime adds), no host files.
-    let listing: Vec<&str> = out[2..6].iter().map(|l| l.trim_start_matches("t1 | ")).collect();
+    let listing: Vec<&str> = out[2..6]
+        .iter()
+        .map(|l| l.trim_start_matches("t1 | "))
+        .collect();
     assert_eq!(listing, ["bin", "dev", "proc", "sys"], "{out:#?}");
     assert_eq!(out[6], "t1 | devs-ok", "{out:#?}");
     assert_eq!(out[7], "t1 | dev-tree-ok", "{out:#?}");
@@ -149,7 +163,10 @@ fn exec_failures_report_a_clear_message_and_shell_codes() {
     match runtime::launch(&shim(), &cfg) {
         Err(LaunchError::Container { message, code }) => {
             assert_eq!(code, EXIT_NOT_FOUND);
-            assert!(message.starts_with("container=bad: exec \"/bin/nope\""), "{message}");
+            assert!(
+                message.starts_with("container=bad: exec \"/bin/nope\""),
+                "{message}"
+            );
             assert!(message.contains("No such file or directory"), "{message}");
         }
         other => panic!("expected a container error, got {other:?}"),
@@ -159,10 +176,19 @@ fn exec_failures_report_a_clear_message_and_shell_codes() {
     cfg.rootfs.prepare_host_dirs().unwrap();
     let err = runtime::launch(&shim(), &cfg).unwrap_err();
     assert_eq!(err.exit_code(), EXIT_NOT_FOUND);
-    assert!(err.to_string().contains("executable file not found in $PATH"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("executable file not found in $PATH"),
+        "{err}"
+    );
 
     // A missing layer: the overlay mount fails before anything runs.
-    let cfg = init_config(tmp.path(), "bad3", &tmp.path().join("missing"), &["/bin/true"]);
+    let cfg = init_config(
+        tmp.path(),
+        "bad3",
+        &tmp.path().join("missing"),
+        &["/bin/true"],
+    );
     cfg.rootfs.prepare_host_dirs().unwrap();
     let err = runtime::launch(&shim(), &cfg).unwrap_err();
     assert_eq!(err.exit_code(), EXIT_SETUP_FAILED);
@@ -192,7 +218,11 @@ fn stop_kills_a_pid1_that_ignores_term_and_honours_a_trap() {
                 tmp.path(),
                 "trapper",
                 &layer,
-                &["/bin/sh", "-c", "trap 'exit 7' TERM; while true; do sleep 0.05; done"],
+                &[
+                    "/bin/sh",
+                    "-c",
+                    "trap 'exit 7' TERM; while true; do sleep 0.05; done",
+                ],
             ),
         ],
     );
@@ -206,7 +236,10 @@ fn stop_kills_a_pid1_that_ignores_term_and_honours_a_trap() {
     let started = Instant::now();
     sup.stop_all();
     let took = started.elapsed();
-    assert!(took >= grace, "SIGKILL came before the grace period: {took:?}");
+    assert!(
+        took >= grace,
+        "SIGKILL came before the grace period: {took:?}"
+    );
     assert!(took < grace + Duration::from_secs(5), "stop took {took:?}");
     assert_eq!(sup.exit_code_of("sleeper"), Some(137));
     assert_eq!(sup.exit_code_of("trapper"), Some(7));

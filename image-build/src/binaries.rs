@@ -11,7 +11,8 @@ use crate::elf::{self, ElfError};
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// How to build the binaries, shown whenever they are missing or dynamic.
-pub const BUILD_HINT: &str = "build them with: RUSTFLAGS='-C target-feature=+crt-static' \
+pub const BUILD_HINT: &str =
+    "build the image binaries with: RUSTFLAGS='-C target-feature=+crt-static' \
      cargo build --release --target x86_64-unknown-linux-gnu -p berth-init -p berth-agent";
 
 /// Errors while locating the binaries.
@@ -129,7 +130,12 @@ pub fn locate(overrides: &Overrides, roots: &[PathBuf]) -> Result<Binaries, Bina
     Ok(Binaries {
         init: locate_one("berth-init", "--init", overrides.init.as_deref(), roots)?,
         berthd: locate_one("berthd", "--berthd", overrides.berthd.as_deref(), roots)?,
-        berthctl: locate_one("berthctl", "--berthctl", overrides.berthctl.as_deref(), roots)?,
+        berthctl: locate_one(
+            "berthctl",
+            "--berthctl",
+            overrides.berthctl.as_deref(),
+            roots,
+        )?,
     })
 }
 
@@ -174,7 +180,13 @@ pub(crate) mod tests {
         let built = tempfile::tempdir().unwrap();
         fake_release(built.path());
         let err = locate(&o, &[built.path().to_path_buf()]).unwrap_err();
-        assert!(matches!(err, BinaryError::Missing { flag: "--berthd", .. }));
+        assert!(matches!(
+            err,
+            BinaryError::Missing {
+                flag: "--berthd",
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -188,7 +200,13 @@ pub(crate) mod tests {
             ..Overrides::default()
         };
         let err = locate(&o, &[built.path().to_path_buf()]).unwrap_err();
-        assert!(matches!(err, BinaryError::NotStatic { name: "berthctl", .. }));
+        assert!(matches!(
+            err,
+            BinaryError::NotStatic {
+                name: "berthctl",
+                ..
+            }
+        ));
         let cause = std::error::Error::source(&err).unwrap().to_string();
         assert!(cause.contains("dynamically linked"), "{cause}");
         assert!(cause.contains("crt-static"), "{cause}");

@@ -14,7 +14,8 @@ use crate::staging::{self, Staging, StagingError};
 /// Where Debian's busybox-static installs busybox.
 pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const PASSWD: &str =
+    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 const GROUP: &str = "root:x:0:\nnobody:x:65534:\n";
 
 /// Errors of `berth-image busybox-rootfs`.
@@ -113,12 +114,10 @@ pub fn make_rootfs(
         "; install Debian's `busybox-static` (not `busybox`) or pass a static --busybox",
     )
     .map_err(BusyboxError::NotStatic)?;
-    let mut applets = lister
-        .list(busybox)
-        .map_err(|source| BusyboxError::List {
-            path: busybox.to_path_buf(),
-            source,
-        })?;
+    let mut applets = lister.list(busybox).map_err(|source| BusyboxError::List {
+        path: busybox.to_path_buf(),
+        source,
+    })?;
     for a in &applets {
         if a.contains('/') || a == "." || a == ".." || a.contains('\0') {
             return Err(BusyboxError::BadApplet(a.clone()));
@@ -191,7 +190,10 @@ mod tests {
         let out = dir.path().join("rootfs");
         let r = make_rootfs(&bb, &out, &Fake(vec!["sh", "echo", "busybox", "sh"])).unwrap();
         assert_eq!(r.applets, 2);
-        assert_eq!(std::fs::read(out.join("bin/busybox")).unwrap(), std::fs::read(&bb).unwrap());
+        assert_eq!(
+            std::fs::read(out.join("bin/busybox")).unwrap(),
+            std::fs::read(&bb).unwrap()
+        );
         assert_eq!(
             std::fs::read_link(out.join("bin/sh")).unwrap(),
             Path::new("busybox")
@@ -213,7 +215,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("rootfs");
         let err = make_rootfs(&dir.path().join("none"), &out, &Fake(vec![])).unwrap_err();
-        assert!(err.to_string().contains("apt-get install busybox-static"), "{err}");
+        assert!(
+            err.to_string().contains("apt-get install busybox-static"),
+            "{err}"
+        );
 
         let dynamic = fake_busybox(dir.path(), Some("/lib64/ld-linux-x86-64.so.2"));
         assert!(matches!(

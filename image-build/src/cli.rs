@@ -6,7 +6,11 @@ use clap::{Args, Parser, Subcommand};
 
 /// berth image builder.
 #[derive(Debug, Parser)]
-#[command(name = "berth-image", version, about = "Build berth images: kernel + initramfs, OCI layouts, demo rootfs")]
+#[command(
+    name = "berth-image",
+    version,
+    about = "Build berth images: kernel + initramfs, OCI layouts, demo rootfs"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -93,7 +97,15 @@ mod tests {
 
     #[test]
     fn build_arguments() {
-        let cli = parse(&["build", "examples/demo.toml", "--out", "o", "--kernel", "bz"]).unwrap();
+        let cli = parse(&[
+            "build",
+            "examples/demo.toml",
+            "--out",
+            "o",
+            "--kernel",
+            "bz",
+        ])
+        .unwrap();
         let Command::Build(b) = cli.command else {
             panic!("not build")
         };
@@ -107,8 +119,22 @@ mod tests {
     #[test]
     fn oci_arguments_words_and_json() {
         let cli = parse(&[
-            "oci", "--rootfs", "r", "--out", "l", "--cmd", "/bin/sh", "x", "--env", "A=1",
-            "--env", "B=2", "--entrypoint", r#"["/bin/env"]"#, "--ref", "busybox",
+            "oci",
+            "--rootfs",
+            "r",
+            "--out",
+            "l",
+            "--cmd",
+            "/bin/sh",
+            "x",
+            "--env",
+            "A=1",
+            "--env",
+            "B=2",
+            "--entrypoint",
+            r#"["/bin/env"]"#,
+            "--ref",
+            "busybox",
         ])
         .unwrap();
         let Command::Oci(o) = cli.command else {

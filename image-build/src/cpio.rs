@@ -187,7 +187,9 @@ fn clean_name(name: &str) -> Result<String, CpioError> {
     }
     for part in trimmed.split('/') {
         if part.is_empty() || part == "." || part == ".." {
-            return Err(bad("every component must be a plain name (no `.`, `..` or `//`)"));
+            return Err(bad(
+                "every component must be a plain name (no `.`, `..` or `//`)",
+            ));
         }
     }
     Ok(trimmed.to_string())
@@ -223,7 +225,13 @@ impl Archive {
             return Err(CpioError::Duplicate { name });
         }
         if let Some((parent, _)) = name.rsplit_once('/') {
-            if !matches!(self.entries.get(parent), Some(Entry { kind: Kind::Dir, .. })) {
+            if !matches!(
+                self.entries.get(parent),
+                Some(Entry {
+                    kind: Kind::Dir,
+                    ..
+                })
+            ) {
                 return Err(CpioError::MissingParent {
                     parent: parent.to_string(),
                     name,
@@ -554,7 +562,9 @@ pub(crate) mod read {
             let name_at = at + HEADER_LEN;
             let name = &bytes[name_at..name_at + namesize];
             assert_eq!(name.last(), Some(&0), "name not NUL-terminated");
-            let name = std::str::from_utf8(&name[..namesize - 1]).unwrap().to_string();
+            let name = std::str::from_utf8(&name[..namesize - 1])
+                .unwrap()
+                .to_string();
             let mut data_at = name_at + namesize;
             let pad = padding(data_at);
             assert!(bytes[data_at..data_at + pad].iter().all(|&b| b == 0));
@@ -619,8 +629,7 @@ mod tests {
         a.add_bytes("/init", 0o755, b"hello".to_vec()).unwrap();
         let out = bytes_of(&a);
         let expected_header = concat!(
-            "070701",
-            "00000001", // ino
+            "070701", "00000001", // ino
             "000081ED", // mode: S_IFREG | 0755
             "00000000", // uid
             "00000000", // gid
@@ -660,7 +669,11 @@ mod tests {
                 assert!(out[head..data_at].iter().all(|&b| b == 0));
                 assert!(out[data_at..data_at + data_len].iter().all(|&b| b == 7));
                 let next = data_at + data_len + padding(data_len);
-                assert_eq!(&out[next..next + 6], MAGIC, "name {name_len} data {data_len}");
+                assert_eq!(
+                    &out[next..next + 6],
+                    MAGIC,
+                    "name {name_len} data {data_len}"
+                );
                 let members = parse(&out);
                 assert_eq!(members.len(), 1);
                 assert_eq!(members[0].data.len(), data_len);
@@ -676,12 +689,20 @@ mod tests {
         a.add_char_device("dev/console", 0o600, 5, 1).unwrap();
         a.add_dir_all("usr/bin").unwrap();
         a.add_symlink("usr/bin/sh", "busybox").unwrap();
-        a.add_bytes("usr/bin/busybox", 0o755, b"\x7fELF".to_vec()).unwrap();
+        a.add_bytes("usr/bin/busybox", 0o755, b"\x7fELF".to_vec())
+            .unwrap();
         let members = parse(&bytes_of(&a));
         let names: Vec<_> = members.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
-            ["dev", "dev/console", "usr", "usr/bin", "usr/bin/busybox", "usr/bin/sh"]
+            [
+                "dev",
+                "dev/console",
+                "usr",
+                "usr/bin",
+                "usr/bin/busybox",
+                "usr/bin/sh"
+            ]
         );
         let mut inodes: Vec<_> = members.iter().map(|m| m.ino).collect();
         inodes.dedup();
@@ -745,7 +766,10 @@ mod tests {
         a.add_tree("etc/berth/images/demo", &src).unwrap();
         let members = parse(&bytes_of(&a));
         let get = |n: &str| members.iter().find(|m| m.name == n).unwrap();
-        assert_eq!(get("etc/berth/images/demo/blobs/sha256/abc").data, vec![1u8; 70_000]);
+        assert_eq!(
+            get("etc/berth/images/demo/blobs/sha256/abc").data,
+            vec![1u8; 70_000]
+        );
         assert_eq!(get("etc/berth/images/demo/oci-layout").mode, 0o100_644);
         assert_eq!(get("etc/berth/images/demo/run").mode, 0o100_755);
         let link = get("etc/berth/images/demo/link");
@@ -782,7 +806,8 @@ mod tests {
         assert!(status.status.success());
         let mut a = Archive::new(0);
         a.add_dir("etc", 0o755).unwrap();
-        a.add_bytes("etc/hostname", 0o644, b"demo\n".to_vec()).unwrap();
+        a.add_bytes("etc/hostname", 0o644, b"demo\n".to_vec())
+            .unwrap();
         a.add_symlink("etc/link", "hostname").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a.cpio");
@@ -794,7 +819,11 @@ mod tests {
             .arg(&file)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             "etc\netc/hostname\netc/link\n"

@@ -196,7 +196,9 @@ fn linkage<R: Read + Seek>(file: &mut R) -> Result<Linkage, HeaderError> {
     };
     let min_phentsize: u16 = if is64 { 56 } else { 32 };
     if phnum == 0 {
-        return Err(invalid("the file has no program headers, so it cannot be run"));
+        return Err(invalid(
+            "the file has no program headers, so it cannot be run",
+        ));
     }
     if phentsize < min_phentsize || u64::from(phnum) > MAX_PHNUM {
         return Err(invalid("the program header table is malformed"));
@@ -330,7 +332,10 @@ pub(crate) mod tests {
             Err(HeaderError::Invalid(m)) if m.contains("neither")
         ));
         relocatable.truncate(40);
-        assert!(matches!(classify(relocatable), Err(HeaderError::Invalid(_))));
+        assert!(matches!(
+            classify(relocatable),
+            Err(HeaderError::Invalid(_))
+        ));
         // Program headers pointing past the end of the file.
         let mut cut = elf64(ET_EXEC, Some("/lib/ld.so"));
         cut.truncate(100);

@@ -111,8 +111,7 @@ fn check_kernel(path: &Path) -> Result<(), BuildError> {
         .map_err(|e| bad(format!("cannot read it ({e})")))?;
     if head.starts_with(b"\x7fELF") {
         return Err(bad(
-            "this is an uncompressed ELF vmlinux; pass the bzImage (arch/x86/boot/bzImage)"
-                .into(),
+            "this is an uncompressed ELF vmlinux; pass the bzImage (arch/x86/boot/bzImage)".into(),
         ));
     }
     if head.len() < 0x206 || &head[0x202..0x206] != b"HdrS" {
@@ -234,8 +233,11 @@ mod tests {
             fake_bzimage(&root.join("bzImage"));
             let layout = root.join("cfg/images/busybox");
             std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-            std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
-                .unwrap();
+            std::fs::write(
+                layout.join("oci-layout"),
+                r#"{"imageLayoutVersion":"1.0.0"}"#,
+            )
+            .unwrap();
             std::fs::write(layout.join("index.json"), "{}").unwrap();
             std::fs::write(layout.join("blobs/sha256/00"), "layer").unwrap();
             std::fs::write(root.join("cfg/host.toml"), manifest).unwrap();
@@ -277,10 +279,15 @@ command = ["/bin/echo", "hi"]
             std::fs::read(req.out.join("vmlinuz")).unwrap(),
             std::fs::read(f.dir.path().join("bzImage")).unwrap()
         );
-        let members = parse(&crate::initramfs::tests::gunzip(&req.out.join("initramfs.img")));
+        let members = parse(&crate::initramfs::tests::gunzip(
+            &req.out.join("initramfs.img"),
+        ));
         let get = |n: &str| members.iter().find(|m| m.name == n).unwrap();
         assert_eq!(get("etc/berth/manifest.toml").data, GOOD.as_bytes());
-        assert_eq!(get("etc/berth/images/busybox/blobs/sha256/00").data, b"layer");
+        assert_eq!(
+            get("etc/berth/images/busybox/blobs/sha256/00").data,
+            b"layer"
+        );
         let info = String::from_utf8(get("etc/berth/build-info").data.clone()).unwrap();
         assert!(info.contains("built_unix_time=1700000000"), "{info}");
         assert!(members.iter().all(|m| m.mtime == 1_700_000_000));

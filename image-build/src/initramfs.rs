@@ -152,8 +152,12 @@ pub fn assemble(inputs: &Inputs) -> Result<Archive, InitramfsError> {
         .map_err(entry("/usr/bin/berthctl"))?;
     a.add_file(MANIFEST_PATH, 0o644, &inputs.manifest)
         .map_err(entry("the manifest"))?;
-    a.add_bytes(BUILD_INFO_PATH, 0o644, inputs.build_info.clone().into_bytes())
-        .map_err(entry("the build info"))?;
+    a.add_bytes(
+        BUILD_INFO_PATH,
+        0o644,
+        inputs.build_info.clone().into_bytes(),
+    )
+    .map_err(entry("the build info"))?;
     for image in &inputs.images {
         let dir = image_dir(image)?;
         let what = format!("image {:?} ({})", image.name, image.layout.display());
@@ -177,11 +181,16 @@ pub fn write_gz(archive: &Archive, out: &Path, progress: &Progress) -> Result<u6
     };
     let file = File::create(out).map_err(io)?;
     let bar = progress.bytes(
-        &format!("compressing the initramfs ({} entries)", archive.entries().count()),
+        &format!(
+            "compressing the initramfs ({} entries)",
+            archive.entries().count()
+        ),
         archive.encoded_len(),
     );
     // mtime 0 and no file name in the gzip header: the output depends only on the archive.
-    let gz = GzBuilder::new().mtime(0).write(BufWriter::new(file), Compression::best());
+    let gz = GzBuilder::new()
+        .mtime(0)
+        .write(BufWriter::new(file), Compression::best());
     let mut counted = CountingWriter::new(gz, bar);
     archive
         .write_to(&mut counted)
@@ -240,8 +249,12 @@ pub(crate) mod tests {
     fn contents_and_layout() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("initramfs.img");
-        let size = write_gz(&assemble(&inputs(dir.path())).unwrap(), &out, &Progress::Quiet)
-            .unwrap();
+        let size = write_gz(
+            &assemble(&inputs(dir.path())).unwrap(),
+            &out,
+            &Progress::Quiet,
+        )
+        .unwrap();
         assert_eq!(size, std::fs::metadata(&out).unwrap().len());
         let members = parse(&gunzip(&out));
         let get = |n: &str| -> &Member {
@@ -256,17 +269,25 @@ pub(crate) mod tests {
         assert_eq!(get("usr/bin/berthctl").data, b"C");
         assert_eq!(get(MANIFEST_PATH).data, b"version = 1\n");
         assert_eq!(get(BUILD_INFO_PATH).data, b"version=0.1.0\n");
-        assert_eq!(get("etc/berth/images/busybox/blobs/sha256/aa").data, b"blob");
+        assert_eq!(
+            get("etc/berth/images/busybox/blobs/sha256/aa").data,
+            b"blob"
+        );
         assert_eq!(get("etc/berth/images").mode, 0o040_755);
         let console = get("dev/console");
-        assert_eq!((console.mode, console.rmajor, console.rminor), (0o020_600, 5, 1));
+        assert_eq!(
+            (console.mode, console.rmajor, console.rminor),
+            (0o020_600, 5, 1)
+        );
         let null = get("dev/null");
         assert_eq!((null.mode, null.rmajor, null.rminor), (0o020_666, 1, 3));
         assert_eq!(get("tmp").mode, 0o041_777);
         for d in ["proc", "sys", "run", "var/lib/berth", "root"] {
             assert_eq!(get(d).mode & 0o170_000, 0o040_000, "{d}");
         }
-        assert!(members.iter().all(|m| m.uid == 0 && m.gid == 0 && m.mtime == 7));
+        assert!(members
+            .iter()
+            .all(|m| m.uid == 0 && m.gid == 0 && m.mtime == 7));
         let names: Vec<_> = members.iter().map(|m| m.name.clone()).collect();
         let mut sorted = names.clone();
         sorted.sort();

@@ -1,24 +1,14 @@
 //! `berth-image`: builds berth boot images (kernel + initramfs), OCI image layouts and the
 //! demo busybox rootfs. This file only dispatches to the modules and reports errors.
 
-mod binaries;
-mod busybox;
-mod cli;
-mod cpio;
-mod elf;
-mod image;
-mod initramfs;
-mod oci_cmd;
-mod progress;
-mod staging;
-
 use std::error::Error;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
-use crate::progress::{human_size, Progress};
+use berth_image::cli::{Cli, Command};
+use berth_image::progress::{human_size, Progress};
+use berth_image::{binaries, busybox, image, oci_cmd};
 
 /// Any command's failure.
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +25,9 @@ enum MainError {
 
 fn source_date_epoch() -> Result<Option<u64>, MainError> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| MainError::Epoch(v)),
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim().parse().map(Some).map_err(|_| MainError::Epoch(v))
+        }
         _ => Ok(None),
     }
 }
@@ -94,7 +82,11 @@ fn run(cli: Cli) -> Result<(), MainError> {
         }
         Command::BusyboxRootfs(args) => {
             let rootfs = busybox::make_rootfs(&args.busybox, &args.out, &busybox::RunBusybox)?;
-            println!("{}  busybox + {} applets", args.out.display(), rootfs.applets);
+            println!(
+                "{}  busybox + {} applets",
+                args.out.display(),
+                rootfs.applets
+            );
         }
     }
     Ok(())

@@ -251,7 +251,11 @@ CONFIG_NOCOMMENT=y
         assert_eq!(
             got,
             vec![
-                ("CONFIG_OVERLAY_FS", "Containers need overlays.", "10-a.config:4"),
+                (
+                    "CONFIG_OVERLAY_FS",
+                    "Containers need overlays.",
+                    "10-a.config:4"
+                ),
                 (
                     "CONFIG_NAMESPACES",
                     "Namespaces for isolation of everything.",
@@ -294,7 +298,8 @@ CONFIG_NOCOMMENT=y
     #[test]
     fn check_lists_modules_unset_and_absent_options() {
         let reqs = parse_fragment(Path::new("f.config"), FRAGMENT).unwrap();
-        let cfg = parse_config("CONFIG_OVERLAY_FS=y\nCONFIG_NAMESPACES=m\n# CONFIG_PID_NS is not set\n");
+        let cfg =
+            parse_config("CONFIG_OVERLAY_FS=y\nCONFIG_NAMESPACES=m\n# CONFIG_PID_NS is not set\n");
         let missing: Vec<(&str, Setting)> = check(&reqs, &cfg)
             .iter()
             .map(|m| (m.requirement.option.as_str(), m.found))
@@ -315,7 +320,12 @@ CONFIG_NOCOMMENT=y
         let reqs = load_fragments(&dir).unwrap();
         assert!(reqs.len() > 50, "only {} requirements", reqs.len());
         for r in &reqs {
-            assert!(!r.why.is_empty(), "{} at {} has no reason", r.option, r.origin);
+            assert!(
+                !r.why.is_empty(),
+                "{} at {} has no reason",
+                r.option,
+                r.origin
+            );
         }
         for must in [
             "CONFIG_OVERLAY_FS",
@@ -337,9 +347,16 @@ CONFIG_NOCOMMENT=y
 
     #[test]
     fn duplicate_requirements_across_fragments_are_refused() {
-        let dir = tempdir_with(&[("a.config", "# x\nCONFIG_A=y\n"), ("b.config", "# y\nCONFIG_A=y\n")]);
+        let dir = tempdir_with(&[
+            ("a.config", "# x\nCONFIG_A=y\n"),
+            ("b.config", "# y\nCONFIG_A=y\n"),
+        ]);
         let err = load_fragments(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("CONFIG_A is already required by a.config:2"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("CONFIG_A is already required by a.config:2"),
+            "{err}"
+        );
     }
 
     struct TempDir(PathBuf);

@@ -37,7 +37,9 @@ pub enum BootError {
         tail: String,
     },
     /// The guest's console ended (QEMU exited) before the line appeared.
-    #[error("the guest stopped before printing a line containing {pattern:?}; console tail:\n{tail}")]
+    #[error(
+        "the guest stopped before printing a line containing {pattern:?}; console tail:\n{tail}"
+    )]
     ConsoleClosed {
         /// The text waited for.
         pattern: String,
@@ -346,4 +348,49 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A copy of an image whose initramfs has extra files laid over it; removed on drop.
+#[derive(Debug)]
+pub struct OverlaidImage {
+    dir: TempDir,
+}
+
+impl OverlaidImage {
+    /// The image directory (vmlinuz, initramfs.img).
+    pub fn path(&self) -> &Path {
+        &self.dir.0
+    }
+}
+
+/// Errors building an overlaid image.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    /// Copying or writing failed.
+    #[error("cannot write the overlaid image")]
+    Io(#[from] std::io::Error),
+    /// The cpio writer refused an entry.
+    #[error("cannot build the overlay archive")]
+    Cpio(#[from] berth_image::cpio::CpioError),
+}
+
+/// Copy `image` and append a second gzip'd newc archive holding `files` (path without leading
+/// `/`, contents) to its initramfs. The kernel unpacks concatenated archives in order, so these
+/// files replace the image's own: how tests boot a manifest `berth-image build` would refuse.
+pub fn overlay_image(image: &Path, files: &[(&str, &[u8])]) -> Result<OverlaidImage, OverlayError> {
+    let dir = TempDir::new("berth-image-overlay")?;
+    std::fs::copy(image.join("vmlinuz"), dir.0.join("vmlinuz"))?;
+    let mut initramfs = std::fs::read(image.join("initramfs.img"))?;
+    let mut archive = berth_image::cpio::Archive::new(0);
+    for (path, data) in files {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            archive.add_dir_all(parent)?;
+        }
+        archive.add_bytes(path, 0o644, data.to_vec())?;
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    archive.write_to(&mut gz)?;
+    initramfs.extend_from_slice(&gz.finish()?);
+    std::fs::write(dir.0.join("initramfs.img"), initramfs)?;
+    Ok(OverlaidImage { dir })
 }

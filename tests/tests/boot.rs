@@ -3,6 +3,8 @@
 //! The image comes from `BERTH_TEST_IMAGE` (set by `tests/run`), or is built here with
 //! `image-build/build-demo` when that is unset, so `cargo test` alone also works.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -90,4 +92,44 @@ fn demo_boots_serves_http_and_powers_off_in_order() {
     let web_exit = console.find("berth: container=web state=exited").unwrap();
     let poweroff = console.find("berth: poweroff").unwrap();
     assert!(web_exit < poweroff, "web exited after power-off");
+}
+
+/// Boot `manifest` laid over the demo image and expect it refused: the console names the file,
+/// line and column, no container starts, and PID 1 still powers the machine off in order.
+fn assert_refused_at_boot(manifest: &str, expected: &str) {
+    let image = berth_tests::overlay_image(
+        &demo_image(),
+        &[("etc/berth/manifest.toml", manifest.as_bytes())],
+    )
+    .unwrap();
+    let mut guest = Guest::boot(&BootOptions {
+        image: image.path().to_path_buf(),
+        limit: QEMU_LIMIT,
+        forwards: Vec::new(),
+        append: String::new(),
+    })
+    .unwrap();
+    guest.wait_for("berth: agent started", BOOT).unwrap();
+    let error = guest.wait_for("berth: error:", STEP).unwrap();
+    assert!(error.contains(expected), "error line: {error}");
+    guest.wait_for("no containers started", STEP).unwrap();
+    // PID 1 and the agent are alive: the power button still gives an ordered power-off.
+    guest.power_button().unwrap();
+    guest.wait_for("berth: poweroff", STEP).unwrap();
+    assert!(guest.wait_exit(STEP).unwrap().success());
+    let console = guest.console().join("\n");
+    assert!(!console.contains("state=running"), "a container started");
+    assert!(!console.contains("Kernel panic"), "kernel panic");
+}
+
+#[test]
+fn manifest_with_unknown_key_is_refused_at_boot() {
+    let manifest = "version = 1\n\n[images]\nbusybox = { source = \"oci-layout:images/busybox\" }\n\n[containers.web]\nimage = \"busybox\"\ncomand = [\"/bin/true\"]\n";
+    assert_refused_at_boot(manifest, "manifest.toml:8:1:");
+}
+
+#[test]
+fn manifest_with_missing_image_is_refused_at_boot() {
+    let manifest = "version = 1\n\n[images]\nbusybox = { source = \"oci-layout:images/busybox\" }\nother = { source = \"oci-layout:images/not-shipped\" }\n\n[containers.web]\nimage = \"other\"\n";
+    assert_refused_at_boot(manifest, "manifest.toml:5:");
 }

@@ -25,7 +25,10 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
 const REJECTED_LINE: &str = "berth: manifest rejected, no containers started\n";
 
 #[derive(Debug, Parser)]
-#[command(name = "berthd", about = "berth agent: runs the host manifest's containers")]
+#[command(
+    name = "berthd",
+    about = "berth agent: runs the host manifest's containers"
+)]
 struct Cli {
     /// Host manifest (default: $BERTH_MANIFEST, else /etc/berth/manifest.toml).
     #[arg(long, value_name = "PATH")]
@@ -40,8 +43,12 @@ struct Cli {
 }
 
 fn from_env_or(flag: Option<PathBuf>, var: &str, default: &str) -> PathBuf {
-    flag.or_else(|| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(default))
+    flag.or_else(|| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+    .unwrap_or_else(|| PathBuf::from(default))
 }
 
 fn main() -> ExitCode {

@@ -24,7 +24,7 @@ pub(super) fn resolve_images(
         let layout = base_dir.join(relative);
         if let Some(problem) = layout_problem(&layout) {
             let message = format!(
-                "image {name:?}: no OCI image layout at {} ({problem}; expected a directory with oci-layout and index.json); create it, e.g. `skopeo copy docker://{name} oci:{}`, or fix the path",
+                "image {name:?}: no OCI image layout at {} ({problem}; expected a directory with oci-layout and index.json); create it from a directory tree with `berth-image oci --rootfs DIR --out {}`, or fix the path",
                 layout.display(),
                 layout.display(),
             );

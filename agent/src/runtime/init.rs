@@ -234,7 +234,8 @@ fn run_shim() -> Result<Report, String> {
 fn reset_signals() {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     // SAFETY: restoring the default disposition installs no handler.
-    let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+    let _ =
+        unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
 }
 
 #[cfg(test)]
@@ -274,7 +275,14 @@ mod tests {
         let f = enter_and_exec(&cfg(&["/bin/sh", "-c", "x"], &["A=1"]), &mut sys);
         // The fake "succeeds" at exec, which the shim reports as a failure to exec.
         assert_eq!(f.code, EXIT_CANNOT_EXEC);
-        let tail: Vec<&str> = sys.calls.iter().rev().take(5).rev().map(String::as_str).collect();
+        let tail: Vec<&str> = sys
+            .calls
+            .iter()
+            .rev()
+            .take(5)
+            .rev()
+            .map(String::as_str)
+            .collect();
         assert_eq!(
             tail,
             [
@@ -289,9 +297,16 @@ mod tests {
 
     #[test]
     fn bare_program_is_searched_in_container_path() {
-        let mut sys = fake(&[("execve /a/ls", libc::ENOENT), ("execve /b/ls", libc::EACCES)]);
+        let mut sys = fake(&[
+            ("execve /a/ls", libc::ENOENT),
+            ("execve /b/ls", libc::EACCES),
+        ]);
         let f = enter_and_exec(&cfg(&["ls"], &["PATH=/a:/b:/c"]), &mut sys);
-        let execs: Vec<&String> = sys.calls.iter().filter(|c| c.starts_with("execve")).collect();
+        let execs: Vec<&String> = sys
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("execve"))
+            .collect();
         assert_eq!(execs.len(), 3);
         assert!(execs[2].starts_with("execve /c/ls "));
         assert_eq!(f.code, EXIT_CANNOT_EXEC);
@@ -299,10 +314,17 @@ mod tests {
 
     #[test]
     fn program_not_found_is_127_with_a_clear_message() {
-        let mut sys = fake(&[("execve /a/nope", libc::ENOENT), ("execve /b/nope", libc::ENOENT)]);
+        let mut sys = fake(&[
+            ("execve /a/nope", libc::ENOENT),
+            ("execve /b/nope", libc::ENOENT),
+        ]);
         let f = enter_and_exec(&cfg(&["nope"], &["PATH=/a:/b"]), &mut sys);
         assert_eq!(f.code, EXIT_NOT_FOUND);
-        assert!(f.message.contains("executable file not found in $PATH"), "{}", f.message);
+        assert!(
+            f.message.contains("executable file not found in $PATH"),
+            "{}",
+            f.message
+        );
 
         let mut sys = fake(&[("execve /bin/nope", libc::ENOENT)]);
         let f = enter_and_exec(&cfg(&["/bin/nope"], &[]), &mut sys);
@@ -323,7 +345,12 @@ mod tests {
         let mut sys = fake(&[("mount overlay", libc::EINVAL)]);
         let f = enter_and_exec(&cfg(&["/bin/sh"], &[]), &mut sys);
         assert_eq!(f.code, EXIT_SETUP_FAILED);
-        assert!(f.message.contains("mount overlay on /state/containers/web/rootfs"), "{}", f.message);
+        assert!(
+            f.message
+                .contains("mount overlay on /state/containers/web/rootfs"),
+            "{}",
+            f.message
+        );
         assert!(f.message.contains("Invalid argument"), "{}", f.message);
         assert!(!sys.calls.iter().any(|c| c.starts_with("execve")));
     }

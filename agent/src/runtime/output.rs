@@ -140,7 +140,9 @@ mod tests {
         let mut lines = Vec::new();
         let mut p = LinePrefixer::with_max_line(name, max);
         for chunk in chunks {
-            p.push(chunk, &mut |l| lines.push(String::from_utf8_lossy(l).into_owned()));
+            p.push(chunk, &mut |l| {
+                lines.push(String::from_utf8_lossy(l).into_owned())
+            });
         }
         p.finish(&mut |l| lines.push(String::from_utf8_lossy(l).into_owned()));
         lines

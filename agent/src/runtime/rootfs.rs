@@ -59,7 +59,11 @@ pub enum RootfsError {
 impl RootfsLayout {
     /// The layout for container `name` under `containers_dir` (`STATE/containers`), with image
     /// layers given bottom first as the store returns them.
-    pub fn for_container(containers_dir: &Path, name: &str, layers_bottom_first: &[PathBuf]) -> Self {
+    pub fn for_container(
+        containers_dir: &Path,
+        name: &str,
+        layers_bottom_first: &[PathBuf],
+    ) -> Self {
         let dir = containers_dir.join(name);
         RootfsLayout {
             lower: layers_bottom_first.iter().rev().cloned().collect(),
@@ -215,13 +219,7 @@ pub const DEVICES: [(&str, u64, u64); 6] = [
     ("tty", 5, 0),
 ];
 
-fn mount(
-    source: &str,
-    target: PathBuf,
-    fstype: &str,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Step {
+fn mount(source: &str, target: PathBuf, fstype: &str, flags: MsFlags, data: Option<&str>) -> Step {
     Step::Mount {
         source: Some(source.to_string()),
         target,
@@ -356,8 +354,6 @@ pub trait Sys {
     fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> io::Result<()>;
     /// umount2(2) with MNT_DETACH.
     fn umount_detach(&mut self, target: &Path) -> io::Result<()>;
-    /// chroot(2).
-    fn chroot(&mut self, path: &Path) -> io::Result<()>;
     /// sethostname(2).
     fn sethostname(&mut self, name: &str) -> io::Result<()>;
     /// execve(2); returns only on failure.
@@ -403,17 +399,23 @@ fn run_step(step: &Step, sys: &mut dyn Sys) -> io::Result<()> {
 }
 
 /// The runc trick: pivot_root(".", ".") stacks the old root under the new one, and a lazy
-/// unmount of "." then drops it, with no put_old directory needed. pivot_root is refused
-/// (EINVAL) when the current root is the initramfs; then the new root is moved over "/" and
-/// chroot'ed into, which is what `switch_root` does.
+/// unmount of "." then drops it, with no put_old directory needed. There is deliberately no
+/// chroot fallback (a chroot can be escaped): pivot_root is refused (EINVAL) only when the
+/// current root is the initramfs, and berth-init switches to a tmpfs root before starting
+/// the agent, so that error says where the fault is.
 fn enter_root(new_root: &Path, sys: &mut dyn Sys) -> io::Result<()> {
     let dot = Path::new(".");
     sys.chdir(new_root)?;
     match sys.pivot_root(dot, dot) {
         Ok(()) => sys.umount_detach(dot)?,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            sys.mount(Some("."), Path::new("/"), None, MsFlags::MS_MOVE, None)?;
-            sys.chroot(dot)?;
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "pivot_root refused ({e}): the agent's root is not a mount that can be \
+                     pivoted (the initramfs?); berth-init must switch to a real root first"
+                ),
+            ))
         }
         Err(e) => return Err(e),
     }
@@ -478,10 +480,6 @@ impl Sys for RealSys {
         nix::mount::umount2(target, MntFlags::MNT_DETACH).map_err(errno)
     }
 
-    fn chroot(&mut self, path: &Path) -> io::Result<()> {
-        nix::unistd::chroot(path).map_err(errno)
-    }
-
     fn sethostname(&mut self, name: &str) -> io::Result<()> {
         nix::unistd::sethostname(name).map_err(errno)
     }
@@ -491,8 +489,12 @@ impl Sys for RealSys {
             items
                 .iter()
                 .map(|s| {
-                    CString::new(s.as_str())
-                        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in argument or environment"))
+                    CString::new(s.as_str()).map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "NUL byte in argument or environment",
+                        )
+                    })
                 })
                 .collect()
         };
@@ -561,7 +563,11 @@ impl Sys for FakeSys {
         self.record(format!("mknod {} {major}:{minor} {mode:o}", path.display()))
     }
     fn symlink(&mut self, target: &Path, link: &Path) -> io::Result<()> {
-        self.record(format!("symlink {} -> {}", link.display(), target.display()))
+        self.record(format!(
+            "symlink {} -> {}",
+            link.display(),
+            target.display()
+        ))
     }
     fn chdir(&mut self, path: &Path) -> io::Result<()> {
         self.record(format!("chdir {}", path.display()))
@@ -575,9 +581,6 @@ impl Sys for FakeSys {
     }
     fn umount_detach(&mut self, target: &Path) -> io::Result<()> {
         self.record(format!("umount_detach {}", target.display()))
-    }
-    fn chroot(&mut self, path: &Path) -> io::Result<()> {
-        self.record(format!("chroot {}", path.display()))
     }
     fn sethostname(&mut self, name: &str) -> io::Result<()> {
         self.record(format!("sethostname {name}"))
@@ -599,7 +602,10 @@ mod tests {
         RootfsLayout::for_container(
             Path::new("/state/containers"),
             "web",
-            &[PathBuf::from("/store/layers/base"), PathBuf::from("/store/layers/top")],
+            &[
+                PathBuf::from("/store/layers/base"),
+                PathBuf::from("/store/layers/top"),
+            ],
         )
     }
 
@@ -608,7 +614,10 @@ mod tests {
         let l = layout();
         assert_eq!(
             l.lower,
-            vec![PathBuf::from("/store/layers/top"), PathBuf::from("/store/layers/base")]
+            vec![
+                PathBuf::from("/store/layers/top"),
+                PathBuf::from("/store/layers/base")
+            ]
         );
         assert_eq!(l.upper, PathBuf::from("/state/containers/web/upper"));
         assert_eq!(l.work, PathBuf::from("/state/containers/web/work"));
@@ -627,7 +636,10 @@ mod tests {
         assert!(matches!(l.overlay_options(), Err(RootfsError::NoLayers)));
         let mut l = layout();
         l.upper = PathBuf::from("/a,b/upper");
-        assert!(matches!(l.overlay_options(), Err(RootfsError::UnsafePath(_))));
+        assert!(matches!(
+            l.overlay_options(),
+            Err(RootfsError::UnsafePath(_))
+        ));
         assert!(plan(&l).is_err());
     }
 
@@ -646,7 +658,9 @@ mod tests {
                 data: None
             }
         );
-        assert!(matches!(&steps[1], Step::Mount { fstype: Some(t), target, .. } if t == "overlay" && *target == root));
+        assert!(
+            matches!(&steps[1], Step::Mount { fstype: Some(t), target, .. } if t == "overlay" && *target == root)
+        );
         assert_eq!(
             steps.last(),
             Some(&Step::PivotRoot {
@@ -654,14 +668,14 @@ mod tests {
             })
         );
         let index = |pred: &dyn Fn(&Step) -> bool| steps.iter().position(pred).unwrap();
-        let mount_of = |fs: &'static str| {
-            move |s: &Step| matches!(s, Step::Mount { fstype: Some(t), .. } if t == fs)
-        };
+        let mount_of = |fs: &'static str| move |s: &Step| matches!(s, Step::Mount { fstype: Some(t), .. } if t == fs);
         let proc_i = index(&mount_of("proc"));
-        let dev_i = index(&|s| matches!(s, Step::Mount { target, .. } if *target == root.join("dev")));
+        let dev_i =
+            index(&|s| matches!(s, Step::Mount { target, .. } if *target == root.join("dev")));
         let pts_i = index(&mount_of("devpts"));
         let sys_i = index(&mount_of("sysfs"));
-        let null_i = index(&|s| matches!(s, Step::Mknod { path, .. } if path.ends_with("dev/null")));
+        let null_i =
+            index(&|s| matches!(s, Step::Mknod { path, .. } if path.ends_with("dev/null")));
         assert!(1 < proc_i && proc_i < dev_i && dev_i < null_i && null_i < pts_i && pts_i < sys_i);
         // /sys is read-only; /dev is a 755 tmpfs; devpts is a private instance.
         match &steps[sys_i] {
@@ -669,7 +683,12 @@ mod tests {
             other => unreachable!("{other:?}"),
         }
         match &steps[dev_i] {
-            Step::Mount { fstype, data, flags, .. } => {
+            Step::Mount {
+                fstype,
+                data,
+                flags,
+                ..
+            } => {
                 assert_eq!(fstype.as_deref(), Some("tmpfs"));
                 assert!(data.as_deref().unwrap_or("").contains("mode=755"));
                 assert!(!flags.contains(MsFlags::MS_NODEV));
@@ -708,7 +727,12 @@ mod tests {
         for (i, step) in steps.iter().enumerate() {
             if let Step::Mount { target, .. } = step {
                 if target.starts_with(&root) && *target != root {
-                    assert!(steps[..i].contains(&Step::Mkdir { path: target.clone() }), "{target:?}");
+                    assert!(
+                        steps[..i].contains(&Step::Mkdir {
+                            path: target.clone()
+                        }),
+                        "{target:?}"
+                    );
                 }
             }
         }
@@ -718,7 +742,14 @@ mod tests {
     fn apply_records_syscalls_and_pivots_the_runc_way() {
         let mut sys = FakeSys::default();
         apply(&plan(&layout()).unwrap(), &mut sys).unwrap();
-        let tail: Vec<&str> = sys.calls.iter().rev().take(4).rev().map(String::as_str).collect();
+        let tail: Vec<&str> = sys
+            .calls
+            .iter()
+            .rev()
+            .take(4)
+            .rev()
+            .map(String::as_str)
+            .collect();
         assert_eq!(
             tail,
             [
@@ -732,17 +763,15 @@ mod tests {
     }
 
     #[test]
-    fn pivot_root_einval_falls_back_to_move_and_chroot() {
+    fn pivot_root_einval_is_an_error_not_a_chroot() {
         let mut sys = FakeSys {
             failures: vec![("pivot_root".into(), libc::EINVAL)],
             ..FakeSys::default()
         };
-        apply(&plan(&layout()).unwrap(), &mut sys).unwrap();
-        let tail: Vec<&str> = sys.calls.iter().rev().take(4).rev().map(String::as_str).collect();
-        assert_eq!(
-            tail,
-            ["pivot_root . .", "mount . / - MS_MOVE -", "chroot .", "chdir /"]
-        );
+        let err = apply(&plan(&layout()).unwrap(), &mut sys).unwrap_err();
+        assert!(err.to_string().contains("pivot_root refused"), "{err}");
+        assert!(!sys.calls.iter().any(|c| c.starts_with("chroot")));
+        assert_eq!(sys.calls.last().map(String::as_str), Some("pivot_root . ."));
     }
 
     #[test]
@@ -752,7 +781,11 @@ mod tests {
             ..FakeSys::default()
         };
         let err = apply(&plan(&layout()).unwrap(), &mut sys).unwrap_err();
-        assert!(err.to_string().contains("mount sysfs on /state/containers/web/rootfs/sys"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("mount sysfs on /state/containers/web/rootfs/sys"),
+            "{err}"
+        );
         assert!(sys.calls.last().unwrap().starts_with("mount sysfs"));
         assert!(!sys.calls.iter().any(|c| c.starts_with("pivot_root")));
     }

@@ -195,8 +195,12 @@ mod tests {
 
     #[test]
     fn image_entrypoint_and_cmd_concatenate() {
-        let spec = merge("web", &image(&["/entry.sh"], &["serve", "--port=80"]), &container())
-            .unwrap();
+        let spec = merge(
+            "web",
+            &image(&["/entry.sh"], &["serve", "--port=80"]),
+            &container(),
+        )
+        .unwrap();
         assert_eq!(spec.args, strings(&["/entry.sh", "serve", "--port=80"]));
     }
 

@@ -136,19 +136,21 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
     let containers = containers_dir(state_dir);
     let mut plans = Vec::with_capacity(manifest.containers.len());
     for (name, spec) in &manifest.containers {
-        let image = store.image(&spec.image).map_err(|source| BootError::Image {
-            at: at(&manifest, &format!("containers.{name}.image")),
-            container: name.clone(),
-            image: spec.image.clone(),
-            source: Box::new(source),
-        })?;
+        let image = store
+            .image(&spec.image)
+            .map_err(|source| BootError::Image {
+                at: at(&manifest, &format!("containers.{name}.image")),
+                container: name.clone(),
+                image: spec.image.clone(),
+                source: Box::new(source),
+            })?;
         let spec_error = |error| BootError::Spec {
             at: at(&manifest, &format!("containers.{name}")),
             error,
         };
         let process = runtime::merge(name, &image.config, spec).map_err(spec_error)?;
-        let stop_signal = runtime::spec::stop_signal(image.config.stop_signal.as_deref())
-            .map_err(spec_error)?;
+        let stop_signal =
+            runtime::spec::stop_signal(image.config.stop_signal.as_deref()).map_err(spec_error)?;
         plans.push(ContainerPlan {
             name: name.clone(),
             init: InitConfig {

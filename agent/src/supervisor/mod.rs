@@ -517,6 +517,9 @@ mod tests {
         let started = Instant::now();
         sup.stop_all();
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(sup.runner().signals, vec![(Pid::from_raw(101), Signal::SIGTERM)]);
+        assert_eq!(
+            sup.runner().signals,
+            vec![(Pid::from_raw(101), Signal::SIGTERM)]
+        );
     }
 }

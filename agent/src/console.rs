@@ -17,6 +17,8 @@ pub enum Event<'a> {
     Exited { container: &'a str, code: i32 },
     /// Every container that should run is running.
     Ready { running: usize, declared: usize },
+    /// The manifest (or one of its images) was refused: nothing was started.
+    ManifestRejected,
     /// Something went wrong that the operator must see; `what` names where and why.
     Error { what: String },
 }
@@ -33,6 +35,9 @@ impl fmt::Display for Event<'_> {
             }
             Event::Ready { running, declared } => {
                 write!(f, "berth: ready containers={running}/{declared}")
+            }
+            Event::ManifestRejected => {
+                write!(f, "berth: manifest rejected, no containers started")
             }
             Event::Error { what } => write!(f, "berth: error: {what}"),
         }

@@ -21,9 +21,6 @@ const DEFAULT_MANIFEST: &str = "/etc/berth/manifest.toml";
 /// Default state directory (env `BERTH_STATE_DIR`).
 const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
 
-/// Console line printed after the error when the manifest is rejected.
-const REJECTED_LINE: &str = "berth: manifest rejected, no containers started\n";
-
 #[derive(Debug, Parser)]
 #[command(
     name = "berthd",
@@ -84,7 +81,7 @@ fn main() -> ExitCode {
             console::emit(&Event::Error {
                 what: error_chain(&e),
             });
-            runtime::output::console_line(REJECTED_LINE.as_bytes());
+            console::emit(&Event::ManifestRejected);
             idle(&signals);
             return ExitCode::SUCCESS;
         }

@@ -771,7 +771,9 @@ mod tests {
         let err = apply(&plan(&layout()).unwrap(), &mut sys).unwrap_err();
         let cause = std::error::Error::source(&err).map(ToString::to_string);
         assert!(
-            cause.as_deref().is_some_and(|c| c.contains("pivot_root refused")),
+            cause
+                .as_deref()
+                .is_some_and(|c| c.contains("pivot_root refused")),
             "{err}: {cause:?}"
         );
         assert_eq!(sys.calls.last().map(String::as_str), Some("pivot_root . ."));

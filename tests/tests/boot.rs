@@ -6,11 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use berth_tests::{free_port, http_get, workspace_root, BootOptions, Guest};
+use berth_tests::{free_port, http_get, BootOptions, Guest};
 
 /// Generous bounds for TCG on a loaded 2-core machine; a healthy boot takes seconds.
 const BOOT: Duration = Duration::from_secs(120);
@@ -18,23 +16,7 @@ const STEP: Duration = Duration::from_secs(60);
 const QEMU_LIMIT: Duration = Duration::from_secs(300);
 
 fn demo_image() -> PathBuf {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE
-        .get_or_init(|| {
-            if let Some(dir) = std::env::var_os("BERTH_TEST_IMAGE") {
-                return PathBuf::from(dir);
-            }
-            let out = Command::new(workspace_root().join("image-build/build-demo"))
-                .output()
-                .expect("run image-build/build-demo");
-            assert!(
-                out.status.success(),
-                "image-build/build-demo failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        })
-        .clone()
+    berth_tests::demo_image().unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

@@ -12,10 +12,10 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use berth_agent::runtime::cgroup::Cgroups;
 use berth_agent::runtime::init::{EXIT_NOT_FOUND, EXIT_SETUP_FAILED};
 use berth_agent::runtime::output::copy_lines;
 use berth_agent::runtime::{self, InitConfig, InitProgram, LaunchError, ProcessSpec, RootfsLayout};
-use berth_agent::runtime::cgroup::Cgroups;
 use berth_agent::supervisor::{ContainerPlan, HostRunner, Supervisor, SupervisorConfig};
 use nix::sys::signal::Signal;
 use nix::sys::wait::waitpid;

@@ -23,7 +23,11 @@ use nix::sys::wait::waitpid;
 /// Reaping is process-wide: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn setup() -> (std::sync::MutexGuard<'static, ()>, tempfile::TempDir, PathBuf) {
+fn setup() -> (
+    std::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    PathBuf,
+) {
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     runtime::become_subreaper().unwrap();
     let busybox = Path::new("/bin/busybox");
@@ -108,7 +112,10 @@ fn limits_without_cgroup_v2_are_refused_naming_container_and_key() {
     match runner.launch(&cfg) {
         Err(LaunchError::Container { message, code }) => {
             assert_eq!(code, 125);
-            assert!(message.starts_with("container=capped: `pids` needs cgroup v2"), "{message}");
+            assert!(
+                message.starts_with("container=capped: `pids` needs cgroup v2"),
+                "{message}"
+            );
             assert!(message.contains("not mounted at /nowhere"), "{message}");
         }
         other => panic!("expected a refusal, got {other:?}"),
@@ -127,7 +134,13 @@ fn usable_v2() -> Result<Hierarchy, String> {
     let mut why = Vec::new();
     for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
         match Hierarchy::probe(Path::new(root)) {
-            Ok(h) if ["memory", "pids"].iter().all(|c| h.available().contains(*c)) => return Ok(h),
+            Ok(h)
+                if ["memory", "pids"]
+                    .iter()
+                    .all(|c| h.available().contains(*c)) =>
+            {
+                return Ok(h)
+            }
             Ok(h) => why.push(format!(
                 "{root} is cgroup v2 but offers only [{}]",
                 h.available().iter().cloned().collect::<Vec<_>>().join(" ")
@@ -143,7 +156,9 @@ fn cgroup_v2_limits_and_oom_on_this_host() {
     let hierarchy = match usable_v2() {
         Ok(h) => h,
         Err(why) => {
-            println!("SKIPPED: no cgroup v2 hierarchy with the memory and pids controllers here ({why})");
+            println!(
+                "SKIPPED: no cgroup v2 hierarchy with the memory and pids controllers here ({why})"
+            );
             return;
         }
     };
@@ -168,14 +183,19 @@ fn cgroup_v2_limits_and_oom_on_this_host() {
     let out = collect(launched.stdout);
     drop(launched.stderr);
     assert_eq!(
-        fs::read_to_string(hierarchy.leaf_path(&name).join("pids.max")).unwrap().trim(),
+        fs::read_to_string(hierarchy.leaf_path(&name).join("pids.max"))
+            .unwrap()
+            .trim(),
         "20"
     );
     let status = waitpid(launched.pid, None).unwrap();
     assert_eq!(runtime::exit_code(status), Some(0));
     assert_eq!(runner.release(&name), None);
     assert_eq!(out.join().unwrap(), ["t | 0::/", "t | 33554432", "t | 20"]);
-    assert!(!hierarchy.leaf_path(&name).exists(), "the leaf was not removed");
+    assert!(
+        !hierarchy.leaf_path(&name).exists(),
+        "the leaf was not removed"
+    );
 
     // Over its memory limit: OOM-killed, and the release says so.
     cfg.process.args[2] = "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived".into();

@@ -101,7 +101,10 @@ fn limits_are_enforced_inside_the_image() {
     let cgroup = guest.wait_for("limited | cgroup:", STEP).unwrap();
     assert!(cgroup.ends_with("cgroup: 0::/"), "{cgroup}");
     let rlimits = guest.wait_for("limited | rlimits:", STEP).unwrap();
-    assert!(rlimits.ends_with("rlimits: nofile=100 hard=200"), "{rlimits}");
+    assert!(
+        rlimits.ends_with("rlimits: nofile=100 hard=200"),
+        "{rlimits}"
+    );
     guest.wait_for("limited | waiting", STEP).unwrap();
 
     // Stop: `limited` gets SIGINT (its trap answers), `stubborn` the SIGKILL after 1 s.
@@ -116,7 +119,13 @@ fn limits_are_enforced_inside_the_image() {
     assert!(guest.wait_exit(STEP).unwrap().success());
 
     let console = guest.console().join("\n");
-    for bad in ["Kernel panic", "panicked at", "survived", "no-limit-hit", "berth: warning:"] {
+    for bad in [
+        "Kernel panic",
+        "panicked at",
+        "survived",
+        "no-limit-hit",
+        "berth: warning:",
+    ] {
         assert!(!console.contains(bad), "console shows {bad:?}:\n{console}");
     }
     let fork_exit = line_after(&console, "forker | fork-loop-exit=");

@@ -112,7 +112,9 @@ fn memory_text(text: &str) -> Result<u64, String> {
         .unwrap_or(trimmed.len());
     let (digits, unit) = trimmed.split_at(split);
     if digits.is_empty() {
-        return Err(format!("`memory` {text:?} does not start with a number; {hint}"));
+        return Err(format!(
+            "`memory` {text:?} does not start with a number; {hint}"
+        ));
     }
     let multiplier: u64 = match unit {
         "" => 1,
@@ -198,9 +200,16 @@ pub fn duration(key: &str, value: &toml::Value) -> Result<Duration, String> {
                 "`{key}` is the bare number {n}; give a unit: \"{n}s\" ({hint})"
             ))
         }
-        other => return Err(format!("`{key}` must be a string, found {}; {hint}", found(other))),
+        other => {
+            return Err(format!(
+                "`{key}` must be a string, found {}; {hint}",
+                found(other)
+            ))
+        }
     };
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits
         .parse()
@@ -210,8 +219,16 @@ pub fn duration(key: &str, value: &toml::Value) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "" => return Err(format!("`{key}` {text:?} has no unit; write \"{n}s\" ({hint})")),
-        _ => return Err(format!("`{key}` {text:?} has an unknown unit {unit:?}; {hint}")),
+        "" => {
+            return Err(format!(
+                "`{key}` {text:?} has no unit; write \"{n}s\" ({hint})"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "`{key}` {text:?} has an unknown unit {unit:?}; {hint}"
+            ))
+        }
     };
     Ok(d)
 }
@@ -333,13 +350,19 @@ mod tests {
         let e = memory(&s("64MiB")).unwrap_err();
         assert!(e.contains("did you mean \"64Mi\""), "{e}");
         assert!(memory(&s("64X")).unwrap_err().contains("unknown unit"));
-        assert!(memory(&s("M")).unwrap_err().contains("does not start with a number"));
+        assert!(memory(&s("M"))
+            .unwrap_err()
+            .contains("does not start with a number"));
         assert!(memory(&s("")).is_err());
         assert!(memory(&s("3Mi")).unwrap_err().contains("minimum is 4 MiB"));
         assert!(memory(&s("4M")).unwrap_err().contains("minimum is 4 MiB"));
         assert!(memory(&Value::Integer(-1)).is_err());
-        assert!(memory(&s("99999999999999999999Gi")).unwrap_err().contains("too large"));
-        assert!(memory(&Value::Float(1.5)).unwrap_err().contains("found float"));
+        assert!(memory(&s("99999999999999999999Gi"))
+            .unwrap_err()
+            .contains("too large"));
+        assert!(memory(&Value::Float(1.5))
+            .unwrap_err()
+            .contains("found float"));
     }
 
     #[test]
@@ -347,11 +370,17 @@ mod tests {
         assert_eq!(cpus(&Value::Float(0.5)), Ok(0.5));
         assert_eq!(cpus(&Value::Integer(2)), Ok(2.0));
         assert_eq!(cpus(&Value::Float(1024.0)), Ok(1024.0));
-        assert!(cpus(&Value::Float(0.0)).unwrap_err().contains("more than 0"));
-        assert!(cpus(&Value::Float(-1.0)).unwrap_err().contains("more than 0"));
+        assert!(cpus(&Value::Float(0.0))
+            .unwrap_err()
+            .contains("more than 0"));
+        assert!(cpus(&Value::Float(-1.0))
+            .unwrap_err()
+            .contains("more than 0"));
         assert!(cpus(&Value::Float(f64::NAN)).is_err());
         assert!(cpus(&Value::Float(0.001)).unwrap_err().contains("smallest"));
-        assert!(cpus(&Value::Float(1024.5)).unwrap_err().contains("maximum is 1024"));
+        assert!(cpus(&Value::Float(1024.5))
+            .unwrap_err()
+            .contains("maximum is 1024"));
         assert!(cpus(&s("0.5")).unwrap_err().contains("found string"));
     }
 
@@ -369,12 +398,24 @@ mod tests {
         assert_eq!(duration("t", &s("2m")), Ok(Duration::from_secs(120)));
         assert_eq!(duration("t", &s("1h")), Ok(Duration::from_secs(3600)));
         assert_eq!(duration("t", &s("0s")), Ok(Duration::ZERO));
-        assert!(duration("t", &s("10")).unwrap_err().contains("no unit; write \"10s\""));
-        assert!(duration("t", &Value::Integer(10)).unwrap_err().contains("\"10s\""));
-        assert!(duration("t", &s("1.5s")).unwrap_err().contains("unknown unit"));
-        assert!(duration("t", &s("10 s")).unwrap_err().contains("unknown unit"));
-        assert!(duration("t", &s("s")).unwrap_err().contains("not a duration"));
-        assert!(duration("t", &s("10d")).unwrap_err().contains("unknown unit \"d\""));
+        assert!(duration("t", &s("10"))
+            .unwrap_err()
+            .contains("no unit; write \"10s\""));
+        assert!(duration("t", &Value::Integer(10))
+            .unwrap_err()
+            .contains("\"10s\""));
+        assert!(duration("t", &s("1.5s"))
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(duration("t", &s("10 s"))
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(duration("t", &s("s"))
+            .unwrap_err()
+            .contains("not a duration"));
+        assert!(duration("t", &s("10d"))
+            .unwrap_err()
+            .contains("unknown unit \"d\""));
         assert!(stop_timeout(&s("2h")).unwrap_err().contains("maximum"));
         assert_eq!(stop_timeout(&s("30s")), Ok(Duration::from_secs(30)));
     }
@@ -384,7 +425,9 @@ mod tests {
         assert_eq!(stop_signal(&s("SIGTERM")), Ok(Signal::SIGTERM));
         assert_eq!(stop_signal(&s("quit")), Ok(Signal::SIGQUIT));
         assert_eq!(stop_signal(&Value::Integer(2)), Ok(Signal::SIGINT));
-        assert!(stop_signal(&s("SIGNOPE")).unwrap_err().contains("\"SIGNOPE\" is not a signal"));
+        assert!(stop_signal(&s("SIGNOPE"))
+            .unwrap_err()
+            .contains("\"SIGNOPE\" is not a signal"));
         assert!(stop_signal(&Value::Integer(99)).is_err());
     }
 
@@ -398,7 +441,13 @@ mod tests {
             })
         );
         let pair = Value::Array(vec![Value::Integer(64), Value::Integer(128)]);
-        assert_eq!(rlimit("nproc", &pair), Ok(Rlimit { soft: 64, hard: 128 }));
+        assert_eq!(
+            rlimit("nproc", &pair),
+            Ok(Rlimit {
+                soft: 64,
+                hard: 128
+            })
+        );
         let unl = Value::Array(vec![Value::Integer(0), s("unlimited")]);
         assert_eq!(
             rlimit("core", &unl),
@@ -408,15 +457,22 @@ mod tests {
             })
         );
         let e = rlimit("files", &Value::Integer(1)).unwrap_err();
-        assert!(e.contains("unknown rlimit `files`") && e.contains("nofile"), "{e}");
+        assert!(
+            e.contains("unknown rlimit `files`") && e.contains("nofile"),
+            "{e}"
+        );
         assert!(rlimit("RLIMIT_NOFILE", &Value::Integer(1))
             .unwrap_err()
             .contains("write `nofile`"));
         let bad = Value::Array(vec![Value::Integer(128), Value::Integer(64)]);
-        assert!(rlimit("nproc", &bad).unwrap_err().contains("above the hard limit"));
+        assert!(rlimit("nproc", &bad)
+            .unwrap_err()
+            .contains("above the hard limit"));
         let three = Value::Array(vec![Value::Integer(1); 3]);
         assert!(rlimit("nproc", &three).unwrap_err().contains("3 values"));
         assert!(rlimit("nofile", &Value::Integer(-1)).is_err());
-        assert!(rlimit("nofile", &s("lots")).unwrap_err().contains("\"unlimited\""));
+        assert!(rlimit("nofile", &s("lots"))
+            .unwrap_err()
+            .contains("\"unlimited\""));
     }
 }

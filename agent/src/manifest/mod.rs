@@ -340,7 +340,10 @@ hostname = "www"
         assert_eq!(c.stop_timeout, Some(std::time::Duration::from_millis(1500)));
         assert_eq!(
             m.location_of("containers.c.memory"),
-            Some(Location { line: 6, column: 10 })
+            Some(Location {
+                line: 6,
+                column: 10
+            })
         );
         let d = &m.containers["d"];
         assert_eq!(d.limits, Limits::default());

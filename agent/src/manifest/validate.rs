@@ -15,7 +15,8 @@ use super::error::{ErrorKind, ManifestError};
 use super::location::Location;
 use super::schema::{RawContainer, RawImage, RawManifest, VersionProbe};
 use super::{
-    limits, rules, ContainerSpec, Host, ImageDecl, Manifest, Origin, DEFAULT_HOSTNAME, SUPPORTED_VERSIONS,
+    limits, rules, ContainerSpec, Host, ImageDecl, Manifest, Origin, DEFAULT_HOSTNAME,
+    SUPPORTED_VERSIONS,
 };
 
 /// Checks `version` (read by the probe before the full schema is applied).
@@ -313,25 +314,48 @@ fn container(
         Some((v.span(), v.get_ref().clone()))
     };
     let mut check = |c: &mut Checker<'_>, span: &Range<usize>, result: Result<(), String>| {
-        let good = c.rule(span, result.map_err(|m| format!("container {cname:?}: {m}")));
+        let good = c.rule(
+            span,
+            result.map_err(|m| format!("container {cname:?}: {m}")),
+        );
         ok &= good;
     };
     if let Some((span, v)) = value(c, "memory", &raw.memory) {
-        check(c, &span, limits::memory(&v).map(|n| spec_limits.memory = Some(n)));
+        check(
+            c,
+            &span,
+            limits::memory(&v).map(|n| spec_limits.memory = Some(n)),
+        );
     }
     if let Some((span, v)) = value(c, "cpus", &raw.cpus) {
-        check(c, &span, limits::cpus(&v).map(|n| spec_limits.cpus = Some(n)));
+        check(
+            c,
+            &span,
+            limits::cpus(&v).map(|n| spec_limits.cpus = Some(n)),
+        );
     }
     if let Some((span, v)) = value(c, "pids", &raw.pids) {
-        check(c, &span, limits::pids(&v).map(|n| spec_limits.pids = Some(n)));
+        check(
+            c,
+            &span,
+            limits::pids(&v).map(|n| spec_limits.pids = Some(n)),
+        );
     }
     let mut stop_signal = None;
     if let Some((span, v)) = value(c, "stop_signal", &raw.stop_signal) {
-        check(c, &span, limits::stop_signal(&v).map(|s| stop_signal = Some(s)));
+        check(
+            c,
+            &span,
+            limits::stop_signal(&v).map(|s| stop_signal = Some(s)),
+        );
     }
     let mut stop_timeout = None;
     if let Some((span, v)) = value(c, "stop_timeout", &raw.stop_timeout) {
-        check(c, &span, limits::stop_timeout(&v).map(|d| stop_timeout = Some(d)));
+        check(
+            c,
+            &span,
+            limits::stop_timeout(&v).map(|d| stop_timeout = Some(d)),
+        );
     }
     for (name, v) in raw.rlimits.unwrap_or_default() {
         c.record(format!("{key}.rlimits.{}", name.get_ref()), &name.span());

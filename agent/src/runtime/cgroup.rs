@@ -104,7 +104,9 @@ impl CgroupLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     /// The root is not a cgroup v2 hierarchy.
-    #[error("cgroup v2 is not mounted at {root} (no readable {root}/cgroup.controllers: {source})")]
+    #[error(
+        "cgroup v2 is not mounted at {root} (no readable {root}/cgroup.controllers: {source})"
+    )]
     NotV2 {
         /// The root looked at.
         root: PathBuf,
@@ -139,7 +141,9 @@ pub enum CgroupError {
         source: io::Error,
     },
     /// A left-over leaf still holds processes.
-    #[error("{path} still holds processes ({pids}); a previous container of this name is still running")]
+    #[error(
+        "{path} still holds processes ({pids}); a previous container of this name is still running"
+    )]
     Busy {
         /// The leaf.
         path: PathBuf,
@@ -492,7 +496,11 @@ mod tests {
                 "pids.max",
             ],
         );
-        fs::write(h.leaf_path("web").join("memory.events"), "oom 2\noom_kill 1\n").unwrap();
+        fs::write(
+            h.leaf_path("web").join("memory.events"),
+            "oom 2\noom_kill 1\n",
+        )
+        .unwrap();
         let leaf = h.create_leaf("web", &limits()).unwrap();
         let read = |p: &Path| fs::read_to_string(p).unwrap();
         assert_eq!(leaf.path(), root.path().join("berth.slice/web"));
@@ -502,10 +510,7 @@ mod tests {
         assert_eq!(read(&leaf.path().join("cpu.max")), "50000 100000");
         assert_eq!(read(&leaf.path().join("pids.max")), "10");
         // A plain file keeps only the last write; cgroupfs takes each "+x" in turn.
-        assert_eq!(
-            read(&root.path().join("cgroup.subtree_control")),
-            "+pids"
-        );
+        assert_eq!(read(&root.path().join("cgroup.subtree_control")), "+pids");
         assert_eq!(read(&h.slice().join("cgroup.subtree_control")), "+pids");
         // The reused leaf's earlier OOM kill is not this container's.
         assert!(!leaf.oom_killed());

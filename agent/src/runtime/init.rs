@@ -358,14 +358,29 @@ mod tests {
         ];
         let mut sys = fake(&[]);
         enter_and_exec(&c, &mut sys);
-        let pivot = sys.calls.iter().position(|l| l.starts_with("pivot_root")).unwrap();
+        let pivot = sys
+            .calls
+            .iter()
+            .position(|l| l.starts_with("pivot_root"))
+            .unwrap();
         let mount = sys
             .calls
             .iter()
-            .position(|l| l.starts_with("mount cgroup2 /sys/fs/cgroup cgroup2 MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC"))
+            .position(|l| {
+                l.starts_with(
+                    "mount cgroup2 /sys/fs/cgroup cgroup2 MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC",
+                )
+            })
             .unwrap();
         assert!(mount > pivot);
-        let tail: Vec<&str> = sys.calls.iter().rev().take(3).rev().map(String::as_str).collect();
+        let tail: Vec<&str> = sys
+            .calls
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .map(String::as_str)
+            .collect();
         assert_eq!(tail[0], "setrlimit nofile 64 128");
         assert_eq!(tail[1], format!("setrlimit core 0 {}", u64::MAX));
         assert!(tail[2].starts_with("execve /bin/sh"));
@@ -380,8 +395,15 @@ mod tests {
         let mut sys = fake(&[("setrlimit nproc", libc::EPERM)]);
         let f = enter_and_exec(&c, &mut sys);
         assert_eq!(f.code, EXIT_SETUP_FAILED);
-        assert!(f.message.starts_with("rlimit nproc = [1, 1]:"), "{}", f.message);
-        assert!(!sys.calls.iter().any(|l| l.contains("cgroup2") || l.starts_with("execve")));
+        assert!(
+            f.message.starts_with("rlimit nproc = [1, 1]:"),
+            "{}",
+            f.message
+        );
+        assert!(!sys
+            .calls
+            .iter()
+            .any(|l| l.contains("cgroup2") || l.starts_with("execve")));
     }
 
     #[test]

@@ -75,11 +75,22 @@ mod tests {
     #[test]
     fn settings_from_manifest_in_name_order() {
         let mut limits = Limits::default();
-        limits.rlimits.insert("nproc".into(), Rlimit { soft: 64, hard: 128 });
-        limits.rlimits.insert("core".into(), Rlimit { soft: 0, hard: 0 });
+        limits.rlimits.insert(
+            "nproc".into(),
+            Rlimit {
+                soft: 64,
+                hard: 128,
+            },
+        );
+        limits
+            .rlimits
+            .insert("core".into(), Rlimit { soft: 0, hard: 0 });
         let s = from_manifest(&limits);
         assert_eq!(s.len(), 2);
         assert_eq!((s[0].name.as_str(), s[0].soft, s[0].hard), ("core", 0, 0));
-        assert_eq!((s[1].name.as_str(), s[1].soft, s[1].hard), ("nproc", 64, 128));
+        assert_eq!(
+            (s[1].name.as_str(), s[1].soft, s[1].hard),
+            ("nproc", 64, 128)
+        );
     }
 }

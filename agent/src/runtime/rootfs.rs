@@ -435,7 +435,10 @@ fn errno(e: nix::Error) -> io::Error {
 impl Sys for RealSys {
     fn setrlimit(&mut self, name: &str, soft: u64, hard: u64) -> io::Result<()> {
         let resource = super::rlimit::resource(name).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("unknown rlimit {name:?}"))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown rlimit {name:?}"),
+            )
         })?;
         nix::sys::resource::setrlimit(resource, soft, hard).map_err(errno)
     }

@@ -85,20 +85,22 @@ impl HostRunner {
             code: runtime::init::EXIT_SETUP_FAILED,
         };
         match &self.cgroups {
-            Cgroups::Available(hierarchy) => match hierarchy.create_leaf(&init.name, &init.limits) {
-                Ok(leaf) => Ok(Some(leaf)),
-                Err(e) if init.limits.is_empty() => {
-                    console::emit(&Event::Warning {
-                        what: format!(
-                            "container={}: runs without a cgroup: {}",
-                            init.name,
-                            error_chain(&e)
-                        ),
-                    });
-                    Ok(None)
+            Cgroups::Available(hierarchy) => {
+                match hierarchy.create_leaf(&init.name, &init.limits) {
+                    Ok(leaf) => Ok(Some(leaf)),
+                    Err(e) if init.limits.is_empty() => {
+                        console::emit(&Event::Warning {
+                            what: format!(
+                                "container={}: runs without a cgroup: {}",
+                                init.name,
+                                error_chain(&e)
+                            ),
+                        });
+                        Ok(None)
+                    }
+                    Err(e) => Err(refuse(error_chain(&e))),
                 }
-                Err(e) => Err(refuse(error_chain(&e))),
-            },
+            }
             Cgroups::Unavailable { reason } => match init.limits.requirements().first() {
                 None => Ok(None),
                 Some((_, key)) => Err(refuse(format!("`{key}` needs cgroup v2, but {reason}"))),

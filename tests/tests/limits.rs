@@ -103,7 +103,10 @@ fn limits_are_enforced_inside_the_image() {
     // Stop: `limited` gets SIGINT (its trap answers), `stubborn` the SIGKILL after 1 s.
     guest.power_button().unwrap();
     line_with(&mut guest, "berth: container=limited state=exited code=5");
-    line_with(&mut guest, "berth: container=stubborn state=exited code=137");
+    line_with(
+        &mut guest,
+        "berth: container=stubborn state=exited code=137",
+    );
     guest.wait_for("berth: poweroff", STEP).unwrap();
     assert!(guest.wait_exit(STEP).unwrap().success());
 

@@ -13,14 +13,21 @@ pub enum Event<'a> {
     AgentStarted,
     /// A container's process was started.
     Running { container: &'a str, pid: i32 },
-    /// A container's process ended with an exit code (128+N when killed by signal N).
-    Exited { container: &'a str, code: i32 },
+    /// A container's process ended with an exit code (128+N when killed by signal N), and
+    /// why when the kernel said so (`oom`: the OOM killer struck in its cgroup).
+    Exited {
+        container: &'a str,
+        code: i32,
+        reason: Option<&'a str>,
+    },
     /// Every container that should run is running.
     Ready { running: usize, declared: usize },
     /// The manifest (or one of its images) was refused: nothing was started.
     ManifestRejected,
     /// Something went wrong that the operator must see; `what` names where and why.
     Error { what: String },
+    /// Something works less well than it should (e.g. no cgroup v2); berthd carries on.
+    Warning { what: String },
 }
 
 impl fmt::Display for Event<'_> {
@@ -30,8 +37,16 @@ impl fmt::Display for Event<'_> {
             Event::Running { container, pid } => {
                 write!(f, "berth: container={container} state=running pid={pid}")
             }
-            Event::Exited { container, code } => {
-                write!(f, "berth: container={container} state=exited code={code}")
+            Event::Exited {
+                container,
+                code,
+                reason,
+            } => {
+                write!(f, "berth: container={container} state=exited code={code}")?;
+                match reason {
+                    Some(reason) => write!(f, " reason={reason}"),
+                    None => Ok(()),
+                }
             }
             Event::Ready { running, declared } => {
                 write!(f, "berth: ready containers={running}/{declared}")
@@ -40,6 +55,7 @@ impl fmt::Display for Event<'_> {
                 write!(f, "berth: manifest rejected, no containers started")
             }
             Event::Error { what } => write!(f, "berth: error: {what}"),
+            Event::Warning { what } => write!(f, "berth: warning: {what}"),
         }
     }
 }
@@ -71,10 +87,27 @@ mod tests {
         assert_eq!(
             Event::Exited {
                 container: "web",
-                code: 137
+                code: 137,
+                reason: None
             }
             .to_string(),
             "berth: container=web state=exited code=137"
+        );
+        assert_eq!(
+            Event::Exited {
+                container: "web",
+                code: 137,
+                reason: Some("oom")
+            }
+            .to_string(),
+            "berth: container=web state=exited code=137 reason=oom"
+        );
+        assert_eq!(
+            Event::Warning {
+                what: "no cgroup v2".into()
+            }
+            .to_string(),
+            "berth: warning: no cgroup v2"
         );
         assert_eq!(
             Event::Ready {

@@ -48,6 +48,15 @@ const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
     ("wrong-type-command.toml", 8, 11, ErrorKind::WrongType, "wrong type for `command`: found string \"httpd -f\", expected an array"),
     ("wrong-type-env-value.toml", 8, 16, ErrorKind::WrongType, "wrong type for `PORT`"),
     ("wrong-type-image-table.toml", 4, 11, ErrorKind::WrongType, "expected a table like `{ source = \"oci-layout:images/NAME\" }`"),
+    ("bad-stop-signal.toml", 8, 15, ErrorKind::InvalidValue, "container \"web\": `stop_signal` \"SIGSTOPP\" is not a signal"),
+    ("cpus-zero.toml", 8, 8, ErrorKind::InvalidValue, "`cpus` is 0; it must be more than 0"),
+    ("memory-bad-unit.toml", 8, 10, ErrorKind::InvalidValue, "`memory` \"64MB\" has an unknown unit \"MB\" — did you mean \"64M\""),
+    ("memory-too-small.toml", 8, 10, ErrorKind::InvalidValue, "the minimum is 4 MiB"),
+    ("pids-string.toml", 8, 8, ErrorKind::InvalidValue, "`pids` must be an integer such as 256, found string \"max\""),
+    ("rlimit-soft-above-hard.toml", 8, 21, ErrorKind::InvalidValue, "rlimit `nproc`: the soft limit 128 is above the hard limit 64"),
+    ("stop-timeout-no-unit.toml", 8, 16, ErrorKind::InvalidValue, "`stop_timeout` \"10\" has no unit; write \"10s\""),
+    ("unknown-rlimit.toml", 8, 28, ErrorKind::InvalidValue, "unknown rlimit `files`; known: as, core"),
+    ("wrong-type-rlimits.toml", 8, 11, ErrorKind::WrongType, "wrong type for `rlimits`"),
 ];
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {

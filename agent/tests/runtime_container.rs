@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use berth_agent::runtime::cgroup::Cgroups;
 use berth_agent::runtime::init::{EXIT_NOT_FOUND, EXIT_SETUP_FAILED};
 use berth_agent::runtime::output::copy_lines;
 use berth_agent::runtime::{self, InitConfig, InitProgram, LaunchError, ProcessSpec, RootfsLayout};
@@ -64,6 +65,9 @@ fn init_config(state: &Path, name: &str, layer: &Path, args: &[&str]) -> InitCon
             name,
             &[layer.to_path_buf()],
         ),
+        limits: Default::default(),
+        rlimits: Vec::new(),
+        cgroup: None,
     }
 }
 
@@ -201,6 +205,7 @@ fn plan(state: &Path, name: &str, layer: &Path, args: &[&str]) -> ContainerPlan 
         name: name.into(),
         init: init_config(state, name, layer, args),
         stop_signal: Signal::SIGTERM,
+        stop_timeout: None,
     }
 }
 
@@ -210,7 +215,7 @@ fn stop_kills_a_pid1_that_ignores_term_and_honours_a_trap() {
     let grace = Duration::from_millis(500);
     let mut sup = Supervisor::new(
         SupervisorConfig { stop_grace: grace },
-        HostRunner { init: shim() },
+        HostRunner::new(shim(), Cgroups::default()),
         vec![
             // A shell as PID 1 without a trap ignores SIGTERM: it takes the SIGKILL.
             plan(tmp.path(), "sleeper", &layer, &["/bin/sleep", "1000"]),
@@ -253,7 +258,7 @@ fn a_container_that_exits_is_reaped_with_its_code() {
     let (_guard, tmp, layer) = setup();
     let mut sup = Supervisor::new(
         SupervisorConfig::default(),
-        HostRunner { init: shim() },
+        HostRunner::new(shim(), Cgroups::default()),
         vec![
             plan(tmp.path(), "quick", &layer, &["/bin/sh", "-c", "exit 3"]),
             plan(tmp.path(), "missing", &layer, &["/bin/missing"]),

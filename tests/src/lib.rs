@@ -9,6 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How many console lines an error shows.
@@ -393,4 +394,29 @@ pub fn overlay_image(image: &Path, files: &[(&str, &[u8])]) -> Result<OverlaidIm
     initramfs.extend_from_slice(&gz.finish()?);
     std::fs::write(dir.0.join("initramfs.img"), initramfs)?;
     Ok(OverlaidImage { dir })
+}
+
+/// The demo image directory: `BERTH_TEST_IMAGE` when set (by `tests/run`), else built once per
+/// test process with `image-build/build-demo`, so `cargo test` alone also works. The error
+/// carries the builder's stderr.
+pub fn demo_image() -> Result<PathBuf, String> {
+    static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            if let Some(dir) = std::env::var_os("BERTH_TEST_IMAGE") {
+                return Ok(PathBuf::from(dir));
+            }
+            let builder = workspace_root().join("image-build/build-demo");
+            let out = Command::new(&builder)
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", builder.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "image-build/build-demo failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        })
+        .clone()
 }

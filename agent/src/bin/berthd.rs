@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use berth_agent::console::{self, Event};
+use berth_agent::runtime::cgroup::{self, Cgroups};
 use berth_agent::runtime::{self, init::error_chain, InitProgram, INIT_ARG};
 use berth_agent::supervisor::{
     self, HostRunner, Signals, Supervisor, SupervisorConfig, DEFAULT_STOP_GRACE,
@@ -34,7 +35,11 @@ struct Cli {
     /// /var/lib/berth).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Seconds between a container's stop signal and SIGKILL at shutdown.
+    /// cgroup v2 mount point (default: $BERTH_CGROUP_ROOT, else /sys/fs/cgroup).
+    #[arg(long, value_name = "DIR")]
+    cgroup_root: Option<PathBuf>,
+    /// Seconds between a container's stop signal and SIGKILL at shutdown, for containers
+    /// without `stop_timeout`.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_STOP_GRACE.as_secs_f64())]
     stop_grace: f64,
 }
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
 
     let manifest = from_env_or(cli.manifest, "BERTH_MANIFEST", DEFAULT_MANIFEST);
     let state_dir = from_env_or(cli.state_dir, "BERTH_STATE_DIR", DEFAULT_STATE_DIR);
+    let cgroup_root = from_env_or(cli.cgroup_root, "BERTH_CGROUP_ROOT", cgroup::DEFAULT_ROOT);
     let stop_grace = Duration::try_from_secs_f64(cli.stop_grace).unwrap_or(DEFAULT_STOP_GRACE);
 
     let boot = match supervisor::prepare(&manifest, &state_dir) {
@@ -96,11 +102,13 @@ fn main() -> ExitCode {
         });
     }
 
+    let cgroups = Cgroups::probe(&cgroup_root);
+    if let Some(what) = cgroups.warning() {
+        console::emit(&Event::Warning { what });
+    }
     let mut sup = Supervisor::new(
         SupervisorConfig { stop_grace },
-        HostRunner {
-            init: InitProgram::current_exe(),
-        },
+        HostRunner::new(InitProgram::current_exe(), cgroups),
         boot.plans,
     );
     sup.start_all();

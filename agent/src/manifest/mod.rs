@@ -10,6 +10,7 @@
 
 mod diagnose;
 mod error;
+pub mod limits;
 mod location;
 mod resolve;
 pub mod rules;
@@ -21,6 +22,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use error::{ErrorKind, ManifestError};
+pub use limits::{Limits, Rlimit};
 pub use location::Location;
 pub use resolve::LAYOUT_FILES;
 
@@ -113,6 +115,12 @@ pub struct ContainerSpec {
     pub workdir: Option<String>,
     /// UTS hostname inside the container (default: the container name).
     pub hostname: Option<String>,
+    /// `memory`, `cpus`, `pids`, `rlimits`.
+    pub limits: Limits,
+    /// `stop_signal`: replaces the image's StopSignal.
+    pub stop_signal: Option<nix::sys::signal::Signal>,
+    /// `stop_timeout`: time between the stop signal and SIGKILL (default: berthd's, 10 s).
+    pub stop_timeout: Option<std::time::Duration>,
 }
 
 impl ContainerSpec {
@@ -314,6 +322,33 @@ hostname = "www"
         assert_eq!(web.command, None);
         assert_eq!(web.hostname_or("web"), "www");
         assert_eq!(m.file(), Path::new("m.toml"));
+    }
+
+    #[test]
+    fn parses_limits_and_stop_settings() {
+        let m = parse(
+            "version = 1\n[images]\nb = { source = \"oci-layout:b\" }\n[containers.c]\nimage = \"b\"\nmemory = \"16Mi\"\ncpus = 0.25\npids = 10\nstop_signal = \"int\"\nstop_timeout = \"1500ms\"\nrlimits = { nofile = [10, 20] }\n[containers.d]\nimage = \"b\"\n",
+        )
+        .unwrap();
+        let c = &m.containers["c"];
+        assert_eq!(c.limits.memory, Some(16 << 20));
+        assert_eq!(c.limits.cpus, Some(0.25));
+        assert_eq!(c.limits.pids, Some(10));
+        assert!(c.limits.needs_cgroup());
+        assert_eq!(c.limits.rlimits["nofile"], Rlimit { soft: 10, hard: 20 });
+        assert_eq!(c.stop_signal, Some(nix::sys::signal::Signal::SIGINT));
+        assert_eq!(c.stop_timeout, Some(std::time::Duration::from_millis(1500)));
+        assert_eq!(
+            m.location_of("containers.c.memory"),
+            Some(Location {
+                line: 6,
+                column: 10
+            })
+        );
+        let d = &m.containers["d"];
+        assert_eq!(d.limits, Limits::default());
+        assert!(!d.limits.needs_cgroup());
+        assert_eq!((d.stop_signal, d.stop_timeout), (None, None));
     }
 
     #[test]

@@ -67,6 +67,12 @@ pub(super) struct RawContainer {
     pub env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     pub workdir: Option<Spanned<String>>,
     pub hostname: Option<Spanned<String>>,
+    pub memory: Option<Spanned<toml::Value>>,
+    pub cpus: Option<Spanned<toml::Value>>,
+    pub pids: Option<Spanned<toml::Value>>,
+    pub rlimits: Option<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
+    pub stop_signal: Option<Spanned<toml::Value>>,
+    pub stop_timeout: Option<Spanned<toml::Value>>,
 }
 
 /// An example of a correct value for `key`, used in wrong-type and missing-key messages.
@@ -83,6 +89,12 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "command" => "command = [\"/bin/sh\", \"-c\", \"echo hi\"]",
         "env" => "env = { GREETING = \"hello\" }",
         "workdir" => "workdir = \"/\"",
+        "memory" => "memory = \"64Mi\"",
+        "cpus" => "cpus = 0.5",
+        "pids" => "pids = 256",
+        "rlimits" => "rlimits = { nofile = 1024, nproc = [64, 128] }",
+        "stop_signal" => "stop_signal = \"SIGTERM\"",
+        "stop_timeout" => "stop_timeout = \"10s\"",
         _ => return None,
     })
 }

@@ -15,7 +15,8 @@ use super::error::{ErrorKind, ManifestError};
 use super::location::Location;
 use super::schema::{RawContainer, RawImage, RawManifest, VersionProbe};
 use super::{
-    rules, ContainerSpec, Host, ImageDecl, Manifest, Origin, DEFAULT_HOSTNAME, SUPPORTED_VERSIONS,
+    limits, rules, ContainerSpec, Host, ImageDecl, Manifest, Origin, DEFAULT_HOSTNAME,
+    SUPPORTED_VERSIONS,
 };
 
 /// Checks `version` (read by the probe before the full schema is applied).
@@ -306,6 +307,74 @@ fn container(
         hostname = Some(h.into_inner());
     }
 
+    let mut spec_limits = limits::Limits::default();
+    let value = |c: &mut Checker<'_>, field: &str, raw: &Option<Spanned<toml::Value>>| {
+        let v = raw.as_ref()?;
+        c.record(format!("{key}.{field}"), &v.span());
+        Some((v.span(), v.get_ref().clone()))
+    };
+    let mut check = |c: &mut Checker<'_>, span: &Range<usize>, result: Result<(), String>| {
+        let good = c.rule(
+            span,
+            result.map_err(|m| format!("container {cname:?}: {m}")),
+        );
+        ok &= good;
+    };
+    if let Some((span, v)) = value(c, "memory", &raw.memory) {
+        check(
+            c,
+            &span,
+            limits::memory(&v).map(|n| spec_limits.memory = Some(n)),
+        );
+    }
+    if let Some((span, v)) = value(c, "cpus", &raw.cpus) {
+        check(
+            c,
+            &span,
+            limits::cpus(&v).map(|n| spec_limits.cpus = Some(n)),
+        );
+    }
+    if let Some((span, v)) = value(c, "pids", &raw.pids) {
+        check(
+            c,
+            &span,
+            limits::pids(&v).map(|n| spec_limits.pids = Some(n)),
+        );
+    }
+    let mut stop_signal = None;
+    if let Some((span, v)) = value(c, "stop_signal", &raw.stop_signal) {
+        check(
+            c,
+            &span,
+            limits::stop_signal(&v).map(|s| stop_signal = Some(s)),
+        );
+    }
+    let mut stop_timeout = None;
+    if let Some((span, v)) = value(c, "stop_timeout", &raw.stop_timeout) {
+        check(
+            c,
+            &span,
+            limits::stop_timeout(&v).map(|d| stop_timeout = Some(d)),
+        );
+    }
+    for (name, v) in raw.rlimits.unwrap_or_default() {
+        c.record(format!("{key}.rlimits.{}", name.get_ref()), &name.span());
+        match limits::rlimit(name.get_ref(), v.get_ref()) {
+            Ok(r) => {
+                spec_limits.rlimits.insert(name.into_inner(), r);
+            }
+            Err(message) => {
+                // An unknown name points at the name, a bad value at the value.
+                let span = if limits::RLIMIT_NAMES.contains(&name.get_ref().as_str()) {
+                    v.span()
+                } else {
+                    name.span()
+                };
+                check(c, &span, Err(message));
+            }
+        }
+    }
+
     let (image, entrypoint, command) = (image?, entrypoint?, command?);
     ok.then_some(ContainerSpec {
         image,
@@ -314,5 +383,8 @@ fn container(
         env,
         workdir,
         hostname,
+        limits: spec_limits,
+        stop_signal,
+        stop_timeout,
     })
 }

@@ -12,13 +12,17 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
 use serde::{Deserialize, Serialize};
 
+use super::cgroup::CgroupLimits;
+use super::rlimit::RlimitSetting;
 use super::rootfs::{self, RealSys, RootfsLayout, Sys};
 use super::spec::{ProcessSpec, DEFAULT_PATH};
 
@@ -45,6 +49,17 @@ pub struct InitConfig {
     pub process: ProcessSpec,
     /// The root filesystem to build and enter.
     pub rootfs: RootfsLayout,
+    /// cgroup v2 limits, written by berthd into the container's leaf cgroup.
+    #[serde(default)]
+    pub limits: CgroupLimits,
+    /// rlimits the process starts with.
+    #[serde(default)]
+    pub rlimits: Vec<RlimitSetting>,
+    /// The container's leaf cgroup directory, set by berthd when it created one: the process
+    /// enters it before the cgroup namespace is unshared (see `cgroup.rs`), and the shim
+    /// mounts the namespace's cgroup2 view read-only at `/sys/fs/cgroup`.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// What the shim tells berthd.
@@ -88,6 +103,15 @@ pub fn enter_and_exec(cfg: &InitConfig, sys: &mut dyn Sys) -> ChildFailure {
     if let Err(e) = rootfs::apply(&steps, sys) {
         return setup(error_chain(&e));
     }
+    if cfg.cgroup.is_some() {
+        // The cgroup namespace is rooted at the container's leaf: it sees its own limits.
+        let target = Path::new("/sys/fs/cgroup");
+        let flags =
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        if let Err(e) = sys.mount(Some("cgroup2"), target, Some("cgroup2"), flags, None) {
+            return setup(format!("mount cgroup2 on {}: {e}", target.display()));
+        }
+    }
     if let Err(e) = sys.sethostname(&cfg.process.hostname) {
         return setup(format!("sethostname {:?}: {e}", cfg.process.hostname));
     }
@@ -95,7 +119,25 @@ pub fn enter_and_exec(cfg: &InitConfig, sys: &mut dyn Sys) -> ChildFailure {
     if let Err(e) = sys.mkdir_all(cwd).and_then(|()| sys.chdir(cwd)) {
         return setup(format!("working directory {:?}: {e}", cfg.process.cwd));
     }
+    for r in &cfg.rlimits {
+        if let Err(e) = sys.setrlimit(&r.name, r.soft, r.hard) {
+            return setup(format!(
+                "rlimit {} = [{}, {}]: {e}",
+                r.name,
+                show_rlimit(r.soft),
+                show_rlimit(r.hard)
+            ));
+        }
+    }
     exec(sys, &cfg.process.args, &cfg.process.env)
+}
+
+fn show_rlimit(value: u64) -> String {
+    if value == u64::MAX {
+        "\"unlimited\"".into()
+    } else {
+        value.to_string()
+    }
 }
 
 /// exec `args` like execvp with the *container's* PATH (Docker resolves in the container).
@@ -259,6 +301,9 @@ mod tests {
                 "web",
                 &[PathBuf::from("/layers/a")],
             ),
+            limits: CgroupLimits::default(),
+            rlimits: Vec::new(),
+            cgroup: None,
         }
     }
 
@@ -293,6 +338,72 @@ mod tests {
                 r#"execve /bin/sh ["/bin/sh", "-c", "x"] ["A=1"]"#
             ]
         );
+    }
+
+    #[test]
+    fn cgroup_view_and_rlimits_come_right_before_exec() {
+        let mut c = cfg(&["/bin/sh"], &[]);
+        c.cgroup = Some(PathBuf::from("/sys/fs/cgroup/berth.slice/web"));
+        c.rlimits = vec![
+            RlimitSetting {
+                name: "nofile".into(),
+                soft: 64,
+                hard: 128,
+            },
+            RlimitSetting {
+                name: "core".into(),
+                soft: 0,
+                hard: u64::MAX,
+            },
+        ];
+        let mut sys = fake(&[]);
+        enter_and_exec(&c, &mut sys);
+        let pivot = sys
+            .calls
+            .iter()
+            .position(|l| l.starts_with("pivot_root"))
+            .unwrap();
+        let mount = sys
+            .calls
+            .iter()
+            .position(|l| {
+                l.starts_with(
+                    "mount cgroup2 /sys/fs/cgroup cgroup2 MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC",
+                )
+            })
+            .unwrap();
+        assert!(mount > pivot);
+        let tail: Vec<&str> = sys
+            .calls
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(tail[0], "setrlimit nofile 64 128");
+        assert_eq!(tail[1], format!("setrlimit core 0 {}", u64::MAX));
+        assert!(tail[2].starts_with("execve /bin/sh"));
+
+        // Without a leaf there is no cgroup mount; a refused rlimit stops before exec.
+        let mut c = cfg(&["/bin/sh"], &[]);
+        c.rlimits = vec![RlimitSetting {
+            name: "nproc".into(),
+            soft: 1,
+            hard: 1,
+        }];
+        let mut sys = fake(&[("setrlimit nproc", libc::EPERM)]);
+        let f = enter_and_exec(&c, &mut sys);
+        assert_eq!(f.code, EXIT_SETUP_FAILED);
+        assert!(
+            f.message.starts_with("rlimit nproc = [1, 1]:"),
+            "{}",
+            f.message
+        );
+        assert!(!sys
+            .calls
+            .iter()
+            .any(|l| l.contains("cgroup2") || l.starts_with("execve")));
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! berthd's side of starting a container: pipes, new namespaces, the init shim, its report.
 //!
 //! The forked child of (multi-threaded) berthd does only async-signal-safe work in `pre_exec`
-//! — `dup2` of the report pipe and `unshare` of the namespaces — before exec'ing the shim.
+//! — `dup2` of the report pipe, entering the container's leaf cgroup (`open`/`write` of `0` to
+//! its `cgroup.procs`) and `unshare` of the namespaces, in that order so the new cgroup
+//! namespace is rooted at the leaf — before exec'ing the shim.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -74,7 +77,7 @@ pub enum LaunchError {
     #[error("cannot create a pipe for the container")]
     Pipe(#[source] io::Error),
     /// The shim could not be started.
-    #[error("cannot start the container init {program} (new namespaces need root)")]
+    #[error("cannot start the container init {program} in its cgroup and new namespaces (this needs root)")]
     Spawn {
         /// The shim program.
         program: PathBuf,
@@ -135,8 +138,20 @@ pub fn launch(program: &InitProgram, cfg: &InitConfig) -> Result<Launched, Launc
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w));
     let rep_fd = rep_w.as_raw_fd();
+    let cgroup_procs = match &cfg.cgroup {
+        Some(dir) => Some(
+            CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).map_err(|e| {
+                LaunchError::Spawn {
+                    program: dir.clone(),
+                    source: io::Error::new(io::ErrorKind::InvalidInput, e),
+                }
+            })?,
+        ),
+        None => None,
+    };
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (dup2, fcntl, unshare); it allocates nothing.
+    // async-signal-safe functions (dup2, fcntl, open, write, close, unshare); it allocates
+    // nothing (the cgroup.procs path was built before the fork).
     unsafe {
         cmd.pre_exec(move || {
             if rep_fd == REPORT_FD {
@@ -145,6 +160,19 @@ pub fn launch(program: &InitProgram, cfg: &InitConfig) -> Result<Launched, Launc
                 }
             } else if libc::dup2(rep_fd, REPORT_FD) < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(procs) = &cgroup_procs {
+                // "0" moves the writing process itself into the leaf.
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = io::Error::last_os_error();
+                libc::close(fd);
+                if written != 1 {
+                    return Err(err);
+                }
             }
             if libc::unshare(NAMESPACES) != 0 {
                 return Err(io::Error::last_os_error());

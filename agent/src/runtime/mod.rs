@@ -5,9 +5,11 @@
 //! [`launch`] starts the process in new namespaces via the [`init`] shim, and [`output`] puts
 //! its stdout/stderr on the console.
 
+pub mod cgroup;
 pub mod init;
 pub mod launch;
 pub mod output;
+pub mod rlimit;
 pub mod rootfs;
 pub mod spec;
 

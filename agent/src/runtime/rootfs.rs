@@ -356,6 +356,8 @@ pub trait Sys {
     fn umount_detach(&mut self, target: &Path) -> io::Result<()>;
     /// sethostname(2).
     fn sethostname(&mut self, name: &str) -> io::Result<()>;
+    /// setrlimit(2) of the rlimit named `name` (manifest spelling, e.g. `nofile`).
+    fn setrlimit(&mut self, name: &str, soft: u64, hard: u64) -> io::Result<()>;
     /// execve(2); returns only on failure.
     fn execve(&mut self, path: &str, args: &[String], env: &[String]) -> io::Error;
 }
@@ -431,6 +433,15 @@ fn errno(e: nix::Error) -> io::Error {
 }
 
 impl Sys for RealSys {
+    fn setrlimit(&mut self, name: &str, soft: u64, hard: u64) -> io::Result<()> {
+        let resource = super::rlimit::resource(name).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown rlimit {name:?}"),
+            )
+        })?;
+        nix::sys::resource::setrlimit(resource, soft, hard).map_err(errno)
+    }
     fn mount(
         &mut self,
         source: Option<&str>,
@@ -584,6 +595,9 @@ impl Sys for FakeSys {
     }
     fn sethostname(&mut self, name: &str) -> io::Result<()> {
         self.record(format!("sethostname {name}"))
+    }
+    fn setrlimit(&mut self, name: &str, soft: u64, hard: u64) -> io::Result<()> {
+        self.record(format!("setrlimit {name} {soft} {hard}"))
     }
     fn execve(&mut self, path: &str, args: &[String], env: &[String]) -> io::Error {
         match self.record(format!("execve {path} {args:?} {env:?}")) {

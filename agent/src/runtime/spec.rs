@@ -178,6 +178,9 @@ mod tests {
             env: BTreeMap::new(),
             workdir: None,
             hostname: None,
+            limits: Default::default(),
+            stop_signal: None,
+            stop_timeout: None,
         }
     }
 

@@ -4,11 +4,13 @@
 //! All of it happens before anything starts, so an invalid manifest starts nothing.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
 use crate::manifest::{Location, Manifest, ManifestError};
-use crate::runtime::{self, InitConfig, RootfsLayout, SpecError};
+use crate::runtime::cgroup::CgroupLimits;
+use crate::runtime::{self, rlimit, InitConfig, RootfsLayout, SpecError};
 use crate::store::{Store, StoreError};
 
 /// One container, ready to launch.
@@ -18,8 +20,12 @@ pub struct ContainerPlan {
     pub name: String,
     /// What the init shim needs.
     pub init: InitConfig,
-    /// The signal that asks it to stop (image StopSignal, default SIGTERM).
+    /// The signal that asks it to stop: the manifest's `stop_signal`, else the image's
+    /// StopSignal, else SIGTERM.
     pub stop_signal: Signal,
+    /// The manifest's `stop_timeout`: time between the stop signal and SIGKILL (`None`: the
+    /// supervisor's default).
+    pub stop_timeout: Option<Duration>,
 }
 
 /// Why the manifest was rejected. Every variant's message starts with the `file:line:column`
@@ -149,16 +155,23 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
             error,
         };
         let process = runtime::merge(name, &image.config, spec).map_err(spec_error)?;
-        let stop_signal =
-            runtime::spec::stop_signal(image.config.stop_signal.as_deref()).map_err(spec_error)?;
+        let stop_signal = match spec.stop_signal {
+            Some(signal) => signal,
+            None => runtime::spec::stop_signal(image.config.stop_signal.as_deref())
+                .map_err(spec_error)?,
+        };
         plans.push(ContainerPlan {
             name: name.clone(),
             init: InitConfig {
                 name: name.clone(),
                 process,
                 rootfs: RootfsLayout::for_container(&containers, name, &image.layer_dirs),
+                limits: CgroupLimits::from_manifest(&spec.limits),
+                rlimits: rlimit::from_manifest(&spec.limits),
+                cgroup: None,
             },
             stop_signal,
+            stop_timeout: spec.stop_timeout,
         });
     }
     Ok(Boot { manifest, plans })

@@ -19,6 +19,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::console::{self, Event};
+use crate::runtime::cgroup::{Cgroups, Leaf, Leaves};
 use crate::runtime::init::error_chain;
 use crate::runtime::output::Copier;
 use crate::runtime::{self, InitConfig, InitProgram, LaunchError, Launched, RootfsLayout};
@@ -42,13 +43,70 @@ pub trait Runner {
     fn reap(&mut self) -> Vec<(Pid, i32)>;
     /// Remove what is left of a container's root after it exited.
     fn cleanup(&mut self, rootfs: &RootfsLayout);
+    /// A container's process ended: release its cgroup and say why it ended when the kernel
+    /// recorded a reason (`"oom"`).
+    fn release(&mut self, _name: &str) -> Option<&'static str> {
+        None
+    }
 }
 
-/// The real [`Runner`]: namespaces, the init shim, waitpid.
+/// How long a container's leaf cgroup may take to empty after its process ended.
+const CGROUP_EMPTY_WAIT: Duration = Duration::from_secs(2);
+
+/// The real [`Runner`]: cgroups, namespaces, the init shim, waitpid.
 #[derive(Debug, Clone, Default)]
 pub struct HostRunner {
     /// The init shim program.
     pub init: InitProgram,
+    /// Whether cgroup v2 can hold the containers (see [`Cgroups::probe`]).
+    pub cgroups: Cgroups,
+    leaves: Leaves,
+}
+
+impl HostRunner {
+    /// A runner starting containers through `init`, in leaf cgroups of `cgroups` when
+    /// available.
+    pub fn new(init: InitProgram, cgroups: Cgroups) -> Self {
+        HostRunner {
+            init,
+            cgroups,
+            leaves: Leaves::new(),
+        }
+    }
+
+    /// The container's leaf cgroup, `None` when cgroup v2 is unavailable and it asks for no
+    /// limit. A container that asks for a limit berth cannot enforce is refused.
+    fn leaf_for(&self, init: &InitConfig) -> Result<Option<Leaf>, LaunchError> {
+        let refuse = |why: String| LaunchError::Container {
+            message: format!(
+                "container={}: {why}; not started rather than run without its limits",
+                init.name
+            ),
+            code: runtime::init::EXIT_SETUP_FAILED,
+        };
+        match &self.cgroups {
+            Cgroups::Available(hierarchy) => {
+                match hierarchy.create_leaf(&init.name, &init.limits) {
+                    Ok(leaf) => Ok(Some(leaf)),
+                    Err(e) if init.limits.is_empty() => {
+                        console::emit(&Event::Warning {
+                            what: format!(
+                                "container={}: runs without a cgroup: {}",
+                                init.name,
+                                error_chain(&e)
+                            ),
+                        });
+                        Ok(None)
+                    }
+                    Err(e) => Err(refuse(error_chain(&e))),
+                }
+            }
+            Cgroups::Unavailable { reason } => match init.limits.requirements().first() {
+                None => Ok(None),
+                Some((_, key)) => Err(refuse(format!("`{key}` needs cgroup v2, but {reason}"))),
+            },
+        }
+    }
 }
 
 impl Runner for HostRunner {
@@ -59,7 +117,29 @@ impl Runner for HostRunner {
                 message: format!("container={}: {}", init.name, error_chain(&e)),
                 code: runtime::init::EXIT_SETUP_FAILED,
             })?;
-        runtime::launch(&self.init, init)
+        let leaf = self.leaf_for(init)?;
+        let mut init = init.clone();
+        init.cgroup = leaf.as_ref().map(|l| l.path().to_path_buf());
+        let launched = runtime::launch(&self.init, &init);
+        if let Some(leaf) = leaf {
+            if launched.is_ok() {
+                self.leaves.insert(init.name.clone(), leaf);
+            } else {
+                let _ = leaf.remove(CGROUP_EMPTY_WAIT);
+            }
+        }
+        launched
+    }
+
+    fn release(&mut self, name: &str) -> Option<&'static str> {
+        let leaf = self.leaves.remove(name)?;
+        let reason = leaf.oom_killed().then_some("oom");
+        if let Err(e) = leaf.remove(CGROUP_EMPTY_WAIT) {
+            console::emit(&Event::Error {
+                what: format!("container={name}: {}", error_chain(&e)),
+            });
+        }
+        reason
     }
 
     fn signal(&mut self, pid: Pid, signal: Signal) -> nix::Result<()> {
@@ -135,6 +215,8 @@ pub enum State {
     Exited {
         /// Exit code (128+N for signal N).
         code: i32,
+        /// Why, when the kernel said so (`"oom"`).
+        reason: Option<&'static str>,
     },
 }
 
@@ -193,7 +275,15 @@ impl<R: Runner> Supervisor<R> {
     /// Exit code of an exited container.
     pub fn exit_code_of(&self, name: &str) -> Option<i32> {
         self.slots.iter().find_map(|s| match s.state {
-            State::Exited { code } if s.plan.name == name => Some(code),
+            State::Exited { code, .. } if s.plan.name == name => Some(code),
+            _ => None,
+        })
+    }
+
+    /// Why an exited container ended, when known (`"oom"`).
+    pub fn exit_reason_of(&self, name: &str) -> Option<&'static str> {
+        self.slots.iter().find_map(|s| match s.state {
+            State::Exited { reason, .. } if s.plan.name == name => reason,
             _ => None,
         })
     }
@@ -255,8 +345,9 @@ impl<R: Runner> Supervisor<R> {
                 console::emit(&Event::Exited {
                     container: &name,
                     code,
+                    reason: None,
                 });
-                slot.state = State::Exited { code };
+                slot.state = State::Exited { code, reason: None };
                 false
             }
         }
@@ -282,15 +373,18 @@ impl<R: Runner> Supervisor<R> {
     /// (a later stage) decide here whether to put it back to `Pending`.
     fn on_exit(&mut self, index: usize, code: i32) {
         let slot = &mut self.slots[index];
-        let previous = std::mem::replace(&mut slot.state, State::Exited { code });
+        let previous = std::mem::replace(&mut slot.state, State::Exited { code, reason: None });
         if let State::Running { copiers, .. } = previous {
             for copier in copiers {
                 copier.finish(OUTPUT_DRAIN);
             }
         }
+        let reason = self.runner.release(&slot.plan.name);
+        slot.state = State::Exited { code, reason };
         console::emit(&Event::Exited {
             container: &slot.plan.name,
             code,
+            reason,
         });
         self.runner.cleanup(&slot.plan.init.rootfs);
     }
@@ -308,24 +402,35 @@ impl<R: Runner> Supervisor<R> {
         self.stop_all();
     }
 
-    /// Stop every running container: its stop signal, the grace period, then SIGKILL.
+    /// Stop every running container: its stop signal, then SIGKILL once its own grace period
+    /// (`stop_timeout`, else the configured default) has passed.
     pub fn stop_all(&mut self) {
-        for slot in &self.slots {
+        let started = Instant::now();
+        let mut killed = false;
+        let mut deadlines = Vec::new();
+        for (index, slot) in self.slots.iter().enumerate() {
             if let State::Running { pid, .. } = slot.state {
                 // ESRCH: it already exited and waits to be reaped.
                 let _ = self.runner.signal(pid, slot.plan.stop_signal);
+                let grace = slot.plan.stop_timeout.unwrap_or(self.config.stop_grace);
+                deadlines.push((started + grace, index));
             }
         }
-        self.wait_all_exited(self.config.stop_grace);
-        if self.running() == 0 {
-            return;
-        }
-        for slot in &self.slots {
+        deadlines.sort();
+        for (deadline, index) in deadlines {
+            self.wait_all_exited(deadline.saturating_duration_since(Instant::now()));
+            if self.running() == 0 {
+                return;
+            }
+            let slot = &self.slots[index];
             if let State::Running { pid, .. } = slot.state {
                 let _ = self.runner.signal(pid, Signal::SIGKILL);
+                killed = true;
             }
         }
-        self.wait_all_exited(Duration::from_secs(10));
+        if killed {
+            self.wait_all_exited(Duration::from_secs(10));
+        }
         for slot in &self.slots {
             if let State::Running { .. } = slot.state {
                 console::emit(&Event::Error {
@@ -371,6 +476,8 @@ mod tests {
         signals: Vec<(Pid, Signal)>,
         pending_exits: Vec<(Pid, i32)>,
         cleaned: Vec<PathBuf>,
+        oom: Vec<String>,
+        released: Vec<String>,
     }
 
     impl Runner for FakeRunner {
@@ -408,6 +515,10 @@ mod tests {
         fn cleanup(&mut self, rootfs: &RootfsLayout) {
             self.cleaned.push(rootfs.target.clone());
         }
+        fn release(&mut self, name: &str) -> Option<&'static str> {
+            self.released.push(name.to_string());
+            self.oom.iter().any(|n| n == name).then_some("oom")
+        }
     }
 
     fn plan(name: &str, stop_signal: Signal) -> ContainerPlan {
@@ -426,8 +537,12 @@ mod tests {
                     name,
                     &[PathBuf::from("/l")],
                 ),
+                limits: Default::default(),
+                rlimits: Vec::new(),
+                cgroup: None,
             },
             stop_signal,
+            stop_timeout: None,
         }
     }
 
@@ -498,6 +613,57 @@ mod tests {
         assert_eq!(sup.exit_code_of("c"), Some(137));
         assert_eq!(sup.running(), 0);
         assert_eq!(sup.runner().cleaned.len(), 3);
+    }
+
+    #[test]
+    fn oom_reason_is_recorded_and_every_exit_releases() {
+        let runner = FakeRunner {
+            oom: vec!["b".into()],
+            ..FakeRunner::default()
+        };
+        let mut sup = supervisor(runner, Duration::from_millis(10));
+        sup.start_all();
+        sup.runner.pending_exits = vec![(Pid::from_raw(102), 137), (Pid::from_raw(101), 0)];
+        assert_eq!(sup.reap(), 2);
+        assert_eq!(sup.exit_code_of("b"), Some(137));
+        assert_eq!(sup.exit_reason_of("b"), Some("oom"));
+        assert_eq!(sup.exit_code_of("a"), Some(0));
+        assert_eq!(sup.exit_reason_of("a"), None);
+        assert_eq!(sup.runner().released, ["b", "a"]);
+    }
+
+    #[test]
+    fn each_container_gets_its_own_stop_timeout() {
+        let mut quick = plan("quick", Signal::SIGQUIT);
+        quick.stop_timeout = Some(Duration::from_millis(30));
+        let mut slow = plan("slow", Signal::SIGINT);
+        slow.stop_timeout = Some(Duration::from_millis(400));
+        let default = plan("default", Signal::SIGTERM);
+        let mut sup = Supervisor::new(
+            SupervisorConfig {
+                stop_grace: Duration::from_millis(200),
+            },
+            FakeRunner::default(),
+            vec![slow, quick, default],
+        );
+        sup.start_all();
+        let started = Instant::now();
+        sup.stop_all();
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
+        let (slow, quick, default) = (Pid::from_raw(101), Pid::from_raw(102), Pid::from_raw(103));
+        assert_eq!(
+            sup.runner().signals,
+            vec![
+                (slow, Signal::SIGINT),
+                (quick, Signal::SIGQUIT),
+                (default, Signal::SIGTERM),
+                (quick, Signal::SIGKILL),
+                (default, Signal::SIGKILL),
+                (slow, Signal::SIGKILL),
+            ]
+        );
+        assert_eq!(sup.running(), 0);
     }
 
     #[test]

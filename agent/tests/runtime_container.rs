@@ -64,6 +64,7 @@ fn init_config(state: &Path, name: &str, layer: &Path, args: &[&str]) -> InitCon
             name,
             &[layer.to_path_buf()],
         ),
+        security: Default::default(),
     }
 }
 

@@ -67,6 +67,11 @@ pub(super) struct RawContainer {
     pub env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     pub workdir: Option<Spanned<String>>,
     pub hostname: Option<Spanned<String>>,
+    pub user: Option<Spanned<String>>,
+    pub cap_add: Option<Vec<Spanned<String>>>,
+    pub cap_drop: Option<Vec<Spanned<String>>>,
+    pub seccomp: Option<Spanned<String>>,
+    pub read_only: Option<Spanned<bool>>,
 }
 
 /// An example of a correct value for `key`, used in wrong-type and missing-key messages.
@@ -83,6 +88,11 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "command" => "command = [\"/bin/sh\", \"-c\", \"echo hi\"]",
         "env" => "env = { GREETING = \"hello\" }",
         "workdir" => "workdir = \"/\"",
+        "user" => "user = \"1000:1000\"",
+        "cap_add" => "cap_add = [\"NET_ADMIN\"]",
+        "cap_drop" => "cap_drop = [\"ALL\"]",
+        "seccomp" => "seccomp = \"default\"",
+        "read_only" => "read_only = true",
         _ => return None,
     })
 }

@@ -14,12 +14,14 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::Path;
 
+use nix::mount::MsFlags;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
 use serde::{Deserialize, Serialize};
 
 use super::rootfs::{self, RealSys, RootfsLayout, Sys};
+use super::security::{self, Prepared, SecuritySpec};
 use super::spec::{ProcessSpec, DEFAULT_PATH};
 
 /// argv[1] that makes berthd act as the container init shim.
@@ -45,6 +47,9 @@ pub struct InitConfig {
     pub process: ProcessSpec,
     /// The root filesystem to build and enter.
     pub rootfs: RootfsLayout,
+    /// User, capabilities, seccomp, read-only root.
+    #[serde(default)]
+    pub security: SecuritySpec,
 }
 
 /// What the shim tells berthd.
@@ -75,8 +80,9 @@ pub struct ChildFailure {
 }
 
 /// In the container's namespaces: build and enter the root, set the hostname, change to the
-/// working directory and exec. Returns only on failure.
-pub fn enter_and_exec(cfg: &InitConfig, sys: &mut dyn Sys) -> ChildFailure {
+/// working directory, make the root read-only if asked, lock the process down
+/// ([`security::apply`]) and exec. Returns only on failure.
+pub fn enter_and_exec(cfg: &InitConfig, prepared: &Prepared, sys: &mut dyn Sys) -> ChildFailure {
     let setup = |message: String| ChildFailure {
         message,
         code: EXIT_SETUP_FAILED,
@@ -94,6 +100,16 @@ pub fn enter_and_exec(cfg: &InitConfig, sys: &mut dyn Sys) -> ChildFailure {
     let cwd = Path::new(&cfg.process.cwd);
     if let Err(e) = sys.mkdir_all(cwd).and_then(|()| sys.chdir(cwd)) {
         return setup(format!("working directory {:?}: {e}", cfg.process.cwd));
+    }
+    if cfg.security.read_only {
+        // Only the root mount: /proc, /dev, /sys and their submounts keep their own flags.
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Err(e) = sys.mount(None, Path::new("/"), None, flags, None) {
+            return setup(format!("remounting the root filesystem read-only: {e}"));
+        }
+    }
+    if let Err(message) = security::apply(prepared, sys) {
+        return setup(message);
     }
     exec(sys, &cfg.process.args, &cfg.process.env)
 }
@@ -184,6 +200,8 @@ fn run_shim() -> Result<Report, String> {
         .map_err(|e| format!("reading the container config: {e}"))?;
     let cfg: InitConfig = serde_json::from_slice(&input)
         .map_err(|e| format!("decoding the container config: {e}"))?;
+    // Compiling the seccomp filter allocates: do it here, before the fork.
+    let prepared = security::prepare(&cfg.name, &cfg.security).map_err(|e| error_chain(&e))?;
     // The container reads nothing from berthd: give it /dev/null as stdin.
     let null = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
     nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)
@@ -200,7 +218,7 @@ fn run_shim() -> Result<Report, String> {
             drop(err_r);
             let _ = nix::unistd::close(REPORT_FD);
             reset_signals();
-            let failure = enter_and_exec(&cfg, &mut RealSys);
+            let failure = enter_and_exec(&cfg, &prepared, &mut RealSys);
             let mut pipe = File::from(err_w);
             let _ = pipe.write_all(failure.message.as_bytes());
             drop(pipe);
@@ -259,7 +277,12 @@ mod tests {
                 "web",
                 &[PathBuf::from("/layers/a")],
             ),
+            security: SecuritySpec::default(),
         }
+    }
+
+    fn run(c: &InitConfig, sys: &mut FakeSys) -> ChildFailure {
+        enter_and_exec(c, &security::prepare(&c.name, &c.security).unwrap(), sys)
     }
 
     fn fake(failures: &[(&str, i32)]) -> FakeSys {
@@ -272,14 +295,14 @@ mod tests {
     #[test]
     fn full_sequence_ends_with_hostname_cwd_and_exec() {
         let mut sys = fake(&[]);
-        let f = enter_and_exec(&cfg(&["/bin/sh", "-c", "x"], &["A=1"]), &mut sys);
+        let f = run(&cfg(&["/bin/sh", "-c", "x"], &["A=1"]), &mut sys);
         // The fake "succeeds" at exec, which the shim reports as a failure to exec.
         assert_eq!(f.code, EXIT_CANNOT_EXEC);
         let tail: Vec<&str> = sys
             .calls
             .iter()
             .rev()
-            .take(5)
+            .take(10)
             .rev()
             .map(String::as_str)
             .collect();
@@ -290,9 +313,51 @@ mod tests {
                 "sethostname webhost",
                 "mkdir /srv",
                 "chdir /srv",
+                "drop_bounding keep 0xa80425fb",
+                "set_ids uid=0 gid=0 groups=[]",
+                "set_caps 0xa80425fb ambient=false",
+                "no_new_privs",
+                "seccomp 2 programs",
                 r#"execve /bin/sh ["/bin/sh", "-c", "x"] ["A=1"]"#
             ]
         );
+        // A writable root is never remounted.
+        assert!(!sys.calls.iter().any(|c| c.starts_with("mount - / - MS_RDONLY")));
+    }
+
+    #[test]
+    fn read_only_root_is_remounted_after_the_workdir_exists() {
+        let mut c = cfg(&["/bin/true"], &[]);
+        c.security.read_only = true;
+        c.security.seccomp = crate::runtime::security::SeccompProfile::Unconfined;
+        let mut sys = fake(&[]);
+        run(&c, &mut sys);
+        let at = |line: &str| sys.calls.iter().position(|c| c == line).unwrap();
+        let remount = at("mount - / - MS_RDONLY|MS_REMOUNT|MS_BIND -");
+        assert!(at("mkdir /srv") < remount && remount < at("no_new_privs"));
+        assert!(!sys.calls.iter().any(|c| c.starts_with("seccomp")));
+    }
+
+    #[test]
+    fn unknown_user_is_a_setup_error_naming_the_user() {
+        let mut c = cfg(&["/bin/true"], &[]);
+        c.security.user = "nobody:nogroup".into();
+        let mut sys = fake(&[]);
+        sys.files.insert(
+            PathBuf::from("/etc/passwd"),
+            "root:x:0:0::/:/bin/sh\n".into(),
+        );
+        let f = run(&c, &mut sys);
+        assert_eq!(f.code, EXIT_SETUP_FAILED);
+        assert!(
+            f.message.contains("unable to find user \"nobody\""),
+            "{}",
+            f.message
+        );
+        assert!(!sys
+            .calls
+            .iter()
+            .any(|c| c.starts_with("execve") || c.starts_with("set_ids")));
     }
 
     #[test]
@@ -301,7 +366,7 @@ mod tests {
             ("execve /a/ls", libc::ENOENT),
             ("execve /b/ls", libc::EACCES),
         ]);
-        let f = enter_and_exec(&cfg(&["ls"], &["PATH=/a:/b:/c"]), &mut sys);
+        let f = run(&cfg(&["ls"], &["PATH=/a:/b:/c"]), &mut sys);
         let execs: Vec<&String> = sys
             .calls
             .iter()
@@ -318,7 +383,7 @@ mod tests {
             ("execve /a/nope", libc::ENOENT),
             ("execve /b/nope", libc::ENOENT),
         ]);
-        let f = enter_and_exec(&cfg(&["nope"], &["PATH=/a:/b"]), &mut sys);
+        let f = run(&cfg(&["nope"], &["PATH=/a:/b"]), &mut sys);
         assert_eq!(f.code, EXIT_NOT_FOUND);
         assert!(
             f.message.contains("executable file not found in $PATH"),
@@ -327,7 +392,7 @@ mod tests {
         );
 
         let mut sys = fake(&[("execve /bin/nope", libc::ENOENT)]);
-        let f = enter_and_exec(&cfg(&["/bin/nope"], &[]), &mut sys);
+        let f = run(&cfg(&["/bin/nope"], &[]), &mut sys);
         assert_eq!(f.code, EXIT_NOT_FOUND);
         assert!(f.message.starts_with("exec \"/bin/nope\""), "{}", f.message);
     }
@@ -335,7 +400,7 @@ mod tests {
     #[test]
     fn permission_denied_everywhere_is_126() {
         let mut sys = fake(&[("execve /a/x", libc::EACCES), ("execve /b/x", libc::ENOENT)]);
-        let f = enter_and_exec(&cfg(&["x"], &["PATH=/a:/b"]), &mut sys);
+        let f = run(&cfg(&["x"], &["PATH=/a:/b"]), &mut sys);
         assert_eq!(f.code, EXIT_CANNOT_EXEC);
         assert!(f.message.contains("/a/x"), "{}", f.message);
     }
@@ -343,7 +408,7 @@ mod tests {
     #[test]
     fn mount_failure_is_a_setup_error_and_nothing_is_executed() {
         let mut sys = fake(&[("mount overlay", libc::EINVAL)]);
-        let f = enter_and_exec(&cfg(&["/bin/sh"], &[]), &mut sys);
+        let f = run(&cfg(&["/bin/sh"], &[]), &mut sys);
         assert_eq!(f.code, EXIT_SETUP_FAILED);
         assert!(
             f.message

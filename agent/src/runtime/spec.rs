@@ -178,6 +178,11 @@ mod tests {
             env: BTreeMap::new(),
             workdir: None,
             hostname: None,
+            user: None,
+            cap_add: vec![],
+            cap_drop: vec![],
+            seccomp: crate::manifest::SeccompProfile::Default,
+            read_only: false,
         }
     }
 

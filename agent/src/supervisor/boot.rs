@@ -74,6 +74,15 @@ pub enum BootError {
         /// What is wrong.
         error: SpecError,
     },
+    /// The container's security settings are unusable (e.g. an unknown capability).
+    #[error("{at}: {source}")]
+    Security {
+        /// Manifest location of the container's table.
+        at: String,
+        /// What is wrong.
+        #[source]
+        source: runtime::security::SecurityError,
+    },
 }
 
 impl From<ManifestError> for BootError {
@@ -149,6 +158,13 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
             error,
         };
         let process = runtime::merge(name, &image.config, spec).map_err(spec_error)?;
+        let security =
+            runtime::security::for_container(name, spec, &image.config).map_err(|source| {
+                BootError::Security {
+                    at: at(&manifest, &format!("containers.{name}")),
+                    source,
+                }
+            })?;
         let stop_signal =
             runtime::spec::stop_signal(image.config.stop_signal.as_deref()).map_err(spec_error)?;
         plans.push(ContainerPlan {
@@ -157,6 +173,7 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
                 name: name.clone(),
                 process,
                 rootfs: RootfsLayout::for_container(&containers, name, &image.layer_dirs),
+                security,
             },
             stop_signal,
         });

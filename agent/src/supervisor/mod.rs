@@ -426,6 +426,7 @@ mod tests {
                     name,
                     &[PathBuf::from("/l")],
                 ),
+                security: Default::default(),
             },
             stop_signal,
         }

@@ -322,7 +322,10 @@ mod tests {
             ]
         );
         // A writable root is never remounted.
-        assert!(!sys.calls.iter().any(|c| c.starts_with("mount - / - MS_RDONLY")));
+        assert!(!sys
+            .calls
+            .iter()
+            .any(|c| c.starts_with("mount - / - MS_RDONLY")));
     }
 
     #[test]

@@ -149,7 +149,8 @@ pub fn check_spec(spec: &str) -> Result<(&str, Option<&str>), UserError> {
 /// Rules (runc's): a numeric user need not exist (its primary group is then its passwd gid
 /// if listed, else 0); a name must exist. The group, when given, replaces the primary group; a
 /// numeric group need not exist. Supplementary groups are the groups listing the user's name
-/// as a member.
+/// as a member, and only when no group is given (runc: they "only make sense in the implicit
+/// form").
 pub fn resolve(
     spec: &str,
     passwd: Option<&str>,
@@ -200,7 +201,7 @@ fn resolve_parts(
         };
     }
     let mut supplementary = Vec::new();
-    if let Some(name) = entry.map(|e| e.name.as_str()) {
+    if let Some(name) = entry.map(|e| e.name.as_str()).filter(|_| grp.is_none()) {
         for g in &groups {
             if g.members.iter().any(|m| m == name) && !supplementary.contains(&g.gid) {
                 supplementary.push(g.gid);
@@ -265,7 +266,8 @@ mod tests {
         let c = resolve("nobody:nogroup", Some(PASSWD), Some(GROUP)).unwrap();
         assert_eq!(c, creds(65534, 65534, &[]));
         let c = resolve("www:wheel", Some(PASSWD), Some(GROUP)).unwrap();
-        assert_eq!(c, creds(33, 10, &[29]));
+        // An explicit group replaces the primary group and the memberships.
+        assert_eq!(c, creds(33, 10, &[]));
     }
 
     #[test]
@@ -285,7 +287,7 @@ mod tests {
         );
         assert_eq!(
             resolve("33:5", Some(PASSWD), Some(GROUP)).unwrap(),
-            creds(33, 5, &[29])
+            creds(33, 5, &[])
         );
     }
 

@@ -21,8 +21,6 @@ pub mod user;
 
 use std::path::Path;
 
-use caps::Capability;
-
 use self::capabilities::CapSet;
 use seccompiler::BpfProgram;
 use serde::{Deserialize, Serialize};
@@ -227,6 +225,8 @@ pub fn set_caps_real(set: &CapSet, ambient: bool) -> std::io::Result<()> {
 mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
+
+    use caps::Capability;
 
     use super::*;
     use crate::runtime::rootfs::FakeSys;

@@ -157,7 +157,7 @@ pub fn resolve(
     group: Option<&str>,
 ) -> Result<Credentials, UserError> {
     if spec.is_empty() {
-        return Ok(resolve_parts("0", None, passwd, group)?);
+        return resolve_parts("0", None, passwd, group);
     }
     let (user, grp) = check_spec(spec)?;
     resolve_parts(user, grp, passwd, group)

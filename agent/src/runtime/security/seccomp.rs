@@ -310,9 +310,44 @@ pub fn compile(rules: &[Rule]) -> Result<Vec<BpfProgram>, SeccompError> {
                 arch,
             )
             .map_err(SeccompError::Build)?;
-            BpfProgram::try_from(filter).map_err(SeccompError::Build)
+            let mut program = BpfProgram::try_from(filter).map_err(SeccompError::Build)?;
+            if errno == libc::EPERM && arch == TargetArch::x86_64 {
+                refuse_x32(&mut program);
+            }
+            Ok(program)
         })
         .collect()
+}
+
+/// Bit that marks x32-ABI syscalls on x86_64: they pass the architecture check but carry
+/// other numbers, so a deny list keyed on x86_64 numbers would not see them.
+pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Length of seccompiler's leading architecture check (load arch, compare, kill).
+const ARCH_CHECK_LEN: usize = 3;
+
+/// Insert, right after the architecture check, "any syscall number with the x32 bit set fails
+/// with EPERM" (the program reloads the number itself afterwards).
+fn refuse_x32(program: &mut BpfProgram) {
+    let stmt = |code: u32, k: u32| seccompiler::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let load_nr = stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0);
+    let is_x32 = seccompiler::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 1,
+        k: X32_SYSCALL_BIT,
+    };
+    let refuse = stmt(
+        libc::BPF_RET | libc::BPF_K,
+        libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+    );
+    let at = ARCH_CHECK_LEN.min(program.len());
+    program.splice(at..at, [load_nr, is_x32, refuse]);
 }
 
 /// Install the programs on the calling thread (sets `no_new_privs` too).
@@ -439,6 +474,23 @@ mod tests {
             .filter(|s| syscall_number(s).is_some())
             .collect();
         assert!(known.contains(&"mount") && known.contains(&"keyctl"));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn x32_syscalls_are_refused_right_after_the_arch_check() {
+        let programs = compile(&default_rules(&defaults())).unwrap();
+        let eperm = &programs[0];
+        // seccompiler's arch check: load arch, compare, kill.
+        assert_eq!(eperm[2].k, libc::SECCOMP_RET_KILL_PROCESS);
+        assert_eq!(
+            (eperm[3].code as u32, eperm[3].k),
+            (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0)
+        );
+        assert_eq!(eperm[4].k, X32_SYSCALL_BIT);
+        assert_eq!(eperm[5].k, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32);
+        // The ENOSYS program is left as built.
+        assert_ne!(programs[1][4].k, X32_SYSCALL_BIT);
     }
 
     #[test]

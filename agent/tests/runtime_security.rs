@@ -107,6 +107,15 @@ fn run(script: &str, security: SecuritySpec) -> (i32, Vec<String>, Vec<String>) 
     let out = collect("sec", launched.stdout);
     let err = collect("sec", launched.stderr);
     let code = runtime::exit_code(waitpid(launched.pid, None).unwrap()).unwrap();
+    // Every mount (masks, read-only binds) lived in the container's namespace only.
+    let dir = tmp.path().to_string_lossy().into_owned();
+    let leaked: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&dir))
+        .map(str::to_string)
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:#?}");
     (code, out.join().unwrap(), err.join().unwrap())
 }
 

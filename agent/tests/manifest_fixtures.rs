@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use berth_agent::manifest::{ErrorKind, Manifest, MAX_MANIFEST_BYTES};
+use berth_agent::manifest::{ErrorKind, Manifest, SeccompProfile, MAX_MANIFEST_BYTES};
 
 /// (file, line, column, kind, message fragment).
 const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
@@ -15,6 +15,8 @@ const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
     ("bad-container-hostname.toml", 8, 12, ErrorKind::InvalidValue, "label \"web-\" starts or ends with '-'"),
     ("bad-container-name-dash.toml", 6, 13, ErrorKind::InvalidValue, "container name \"-web\" starts or ends with '-'"),
     ("bad-container-name.toml", 6, 13, ErrorKind::InvalidValue, "container names are DNS labels: lowercase a-z, 0-9 and '-'; try \"my-app\""),
+    ("bad-seccomp.toml", 8, 11, ErrorKind::InvalidValue, "seccomp profile \"strict\" is not known; write \"default\""),
+    ("bad-user.toml", 8, 8, ErrorKind::InvalidValue, "user \"app:\" is malformed"),
     ("bad-env-key.toml", 8, 9, ErrorKind::InvalidValue, "contains '='; write the name as the key"),
     ("bad-hostname.toml", 4, 12, ErrorKind::InvalidValue, "hostname \"my_host\" contains '_'"),
     ("bad-image-name.toml", 4, 1, ErrorKind::InvalidValue, "image name \"BusyBox\" contains 'B'"),
@@ -36,6 +38,8 @@ const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
     ("relative-workdir.toml", 8, 11, ErrorKind::InvalidValue, "workdir \"srv/www\" is not absolute"),
     ("syntax-unclosed-header.toml", 3, 16, ErrorKind::Syntax, "TOML syntax error: invalid table header"),
     ("syntax-unclosed-string.toml", 4, 17, ErrorKind::Syntax, "TOML syntax error"),
+    ("unknown-cap-drop.toml", 9, 3, ErrorKind::InvalidValue, "`cap_drop`: unknown capability \"everything\""),
+    ("unknown-capability.toml", 8, 25, ErrorKind::InvalidValue, "`cap_add`: unknown capability \"NET_ADMINN\""),
     ("unknown-container-key.toml", 7, 1, ErrorKind::UnknownKey, "unknown key `imagee` in [containers.web]; did you mean `image`?"),
     ("unknown-image-key.toml", 4, 13, ErrorKind::UnknownKey, "unknown key `sourc` in [images.busybox]; did you mean `source`?"),
     ("unknown-key-alias.toml", 8, 1, ErrorKind::UnknownKey, "unknown key `environment` in [containers.web]; did you mean `env`?"),
@@ -47,6 +51,7 @@ const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
     ("wrong-type-array-element.toml", 11, 3, ErrorKind::WrongType, "wrong type for `command`: found integer `8080`, expected a string"),
     ("wrong-type-command.toml", 8, 11, ErrorKind::WrongType, "wrong type for `command`: found string \"httpd -f\", expected an array"),
     ("wrong-type-env-value.toml", 8, 16, ErrorKind::WrongType, "wrong type for `PORT`"),
+    ("wrong-type-read-only.toml", 8, 13, ErrorKind::WrongType, "wrong type for `read_only`"),
     ("wrong-type-image-table.toml", 4, 11, ErrorKind::WrongType, "expected a table like `{ source = \"oci-layout:images/NAME\" }`"),
     ("bad-stop-signal.toml", 8, 15, ErrorKind::InvalidValue, "container \"web\": `stop_signal` \"SIGSTOPP\" is not a signal"),
     ("cpus-zero.toml", 8, 8, ErrorKind::InvalidValue, "`cpus` is 0; it must be more than 0"),
@@ -122,6 +127,22 @@ fn every_invalid_manifest_fails_where_recorded() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn security_keys_are_read() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/manifests/valid/security.toml");
+    let m = Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let locked = &m.containers["locked"];
+    assert_eq!(locked.user.as_deref(), Some("nobody:nogroup"));
+    assert_eq!(locked.cap_drop, ["ALL"]);
+    assert_eq!(locked.cap_add, ["net_bind_service", "CAP_KILL"]);
+    assert_eq!(locked.seccomp, SeccompProfile::Default);
+    assert!(locked.read_only);
+    let admin = &m.containers["admin"];
+    assert_eq!(admin.seccomp, SeccompProfile::Unconfined);
+    assert!(!admin.read_only && admin.cap_drop.is_empty());
 }
 
 #[test]

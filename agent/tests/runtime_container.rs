@@ -68,6 +68,7 @@ fn init_config(state: &Path, name: &str, layer: &Path, args: &[&str]) -> InitCon
         limits: Default::default(),
         rlimits: Vec::new(),
         cgroup: None,
+        security: Default::default(),
     }
 }
 

@@ -58,6 +58,7 @@ fn config(state: &Path, name: &str, layer: &Path, script: &str) -> InitConfig {
         limits: CgroupLimits::default(),
         rlimits: Vec::new(),
         cgroup: None,
+        security: Default::default(),
     }
 }
 

@@ -26,6 +26,8 @@ pub use limits::{Limits, Rlimit};
 pub use location::Location;
 pub use resolve::LAYOUT_FILES;
 
+pub use crate::runtime::security::SeccompProfile;
+
 /// Manifest schema versions this build understands.
 pub const SUPPORTED_VERSIONS: &[u32] = &[1];
 
@@ -121,6 +123,16 @@ pub struct ContainerSpec {
     pub stop_signal: Option<nix::sys::signal::Signal>,
     /// `stop_timeout`: time between the stop signal and SIGKILL (default: berthd's, 10 s).
     pub stop_timeout: Option<std::time::Duration>,
+    /// `NAME|UID[:GROUP|GID]` to run as; replaces the image's User (default: root).
+    pub user: Option<String>,
+    /// Capabilities added to Docker's default set (names as written; `ALL` allowed).
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from Docker's default set (applied before `cap_add`).
+    pub cap_drop: Vec<String>,
+    /// Seccomp profile (default: Docker's default filter).
+    pub seccomp: SeccompProfile,
+    /// Mount the container's root filesystem read-only.
+    pub read_only: bool,
 }
 
 impl ContainerSpec {

@@ -256,6 +256,19 @@ fn layout_path(path: &str) -> Result<PathBuf, String> {
     Ok(p.to_path_buf())
 }
 
+/// A `user` value: `NAME`, `UID`, `NAME:GROUP` or `UID:GID` (resolved in the image at start).
+pub fn user(spec: &str) -> Result<(), String> {
+    crate::runtime::security::user::check_spec(spec)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// A `cap_add` / `cap_drop` element: a capability name with or without `CAP_`, any case, or
+/// `ALL`.
+pub fn capability(name: &str) -> Result<(), String> {
+    crate::runtime::security::capabilities::parse_name(name).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

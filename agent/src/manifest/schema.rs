@@ -73,6 +73,11 @@ pub(super) struct RawContainer {
     pub rlimits: Option<BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
     pub stop_signal: Option<Spanned<toml::Value>>,
     pub stop_timeout: Option<Spanned<toml::Value>>,
+    pub user: Option<Spanned<String>>,
+    pub cap_add: Option<Vec<Spanned<String>>>,
+    pub cap_drop: Option<Vec<Spanned<String>>>,
+    pub seccomp: Option<Spanned<String>>,
+    pub read_only: Option<Spanned<bool>>,
 }
 
 /// An example of a correct value for `key`, used in wrong-type and missing-key messages.
@@ -95,6 +100,11 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "rlimits" => "rlimits = { nofile = 1024, nproc = [64, 128] }",
         "stop_signal" => "stop_signal = \"SIGTERM\"",
         "stop_timeout" => "stop_timeout = \"10s\"",
+        "user" => "user = \"1000:1000\"",
+        "cap_add" => "cap_add = [\"NET_ADMIN\"]",
+        "cap_drop" => "cap_drop = [\"ALL\"]",
+        "seccomp" => "seccomp = \"default\"",
+        "read_only" => "read_only = true",
         _ => return None,
     })
 }

@@ -15,8 +15,8 @@ use super::error::{ErrorKind, ManifestError};
 use super::location::Location;
 use super::schema::{RawContainer, RawImage, RawManifest, VersionProbe};
 use super::{
-    limits, rules, ContainerSpec, Host, ImageDecl, Manifest, Origin, DEFAULT_HOSTNAME,
-    SUPPORTED_VERSIONS,
+    limits, rules, ContainerSpec, Host, ImageDecl, Manifest, Origin, SeccompProfile,
+    DEFAULT_HOSTNAME, SUPPORTED_VERSIONS,
 };
 
 /// Checks `version` (read by the probe before the full schema is applied).
@@ -374,6 +374,47 @@ fn container(
             }
         }
     }
+    let mut user = None;
+    if let Some(u) = raw.user {
+        c.record(format!("{key}.user"), &u.span());
+        ok &= c.rule(&u.span(), rules::user(u.get_ref()));
+        user = Some(u.into_inner());
+    }
+
+    let mut capability_list =
+        |c: &mut Checker<'_>, list: Option<Vec<Spanned<String>>>, which: &str| {
+            let mut names = Vec::new();
+            for (i, name) in list.unwrap_or_default().into_iter().enumerate() {
+                if i == 0 {
+                    c.record(format!("{key}.{which}"), &name.span());
+                }
+                let good = c.rule(
+                    &name.span(),
+                    rules::capability(name.get_ref()).map_err(|m| format!("`{which}`: {m}")),
+                );
+                ok &= good;
+                names.push(name.into_inner());
+            }
+            names
+        };
+    let cap_add = capability_list(c, raw.cap_add, "cap_add");
+    let cap_drop = capability_list(c, raw.cap_drop, "cap_drop");
+
+    let mut seccomp = SeccompProfile::Default;
+    if let Some(s) = raw.seccomp {
+        c.record(format!("{key}.seccomp"), &s.span());
+        match SeccompProfile::parse(s.get_ref()) {
+            Ok(profile) => seccomp = profile,
+            Err(message) => {
+                c.fail(ErrorKind::InvalidValue, &s.span(), message);
+                ok = false;
+            }
+        }
+    }
+    let read_only = raw.read_only.is_some_and(|r| {
+        c.record(format!("{key}.read_only"), &r.span());
+        r.into_inner()
+    });
 
     let (image, entrypoint, command) = (image?, entrypoint?, command?);
     ok.then_some(ContainerSpec {
@@ -386,5 +427,10 @@ fn container(
         limits: spec_limits,
         stop_signal,
         stop_timeout,
+        user,
+        cap_add,
+        cap_drop,
+        seccomp,
+        read_only,
     })
 }

@@ -15,7 +15,6 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
-
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult};
@@ -24,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::cgroup::CgroupLimits;
 use super::rlimit::RlimitSetting;
 use super::rootfs::{self, RealSys, RootfsLayout, Sys};
+use super::security::{self, Prepared, SecuritySpec};
 use super::spec::{ProcessSpec, DEFAULT_PATH};
 
 /// argv[1] that makes berthd act as the container init shim.
@@ -60,6 +60,9 @@ pub struct InitConfig {
     /// mounts the namespace's cgroup2 view read-only at `/sys/fs/cgroup`.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// User, capabilities, seccomp, read-only root.
+    #[serde(default)]
+    pub security: SecuritySpec,
 }
 
 /// What the shim tells berthd.
@@ -90,8 +93,9 @@ pub struct ChildFailure {
 }
 
 /// In the container's namespaces: build and enter the root, set the hostname, change to the
-/// working directory and exec. Returns only on failure.
-pub fn enter_and_exec(cfg: &InitConfig, sys: &mut dyn Sys) -> ChildFailure {
+/// working directory, make the root read-only if asked, lock the process down
+/// ([`security::apply`]) and exec. Returns only on failure.
+pub fn enter_and_exec(cfg: &InitConfig, prepared: &Prepared, sys: &mut dyn Sys) -> ChildFailure {
     let setup = |message: String| ChildFailure {
         message,
         code: EXIT_SETUP_FAILED,
@@ -128,6 +132,16 @@ pub fn enter_and_exec(cfg: &InitConfig, sys: &mut dyn Sys) -> ChildFailure {
                 show_rlimit(r.hard)
             ));
         }
+    }
+    if cfg.security.read_only {
+        // Only the root mount: /proc, /dev, /sys and their submounts keep their own flags.
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Err(e) = sys.mount(None, Path::new("/"), None, flags, None) {
+            return setup(format!("remounting the root filesystem read-only: {e}"));
+        }
+    }
+    if let Err(message) = security::apply(prepared, sys) {
+        return setup(message);
     }
     exec(sys, &cfg.process.args, &cfg.process.env)
 }
@@ -226,6 +240,8 @@ fn run_shim() -> Result<Report, String> {
         .map_err(|e| format!("reading the container config: {e}"))?;
     let cfg: InitConfig = serde_json::from_slice(&input)
         .map_err(|e| format!("decoding the container config: {e}"))?;
+    // Compiling the seccomp filter allocates: do it here, before the fork.
+    let prepared = security::prepare(&cfg.name, &cfg.security).map_err(|e| error_chain(&e))?;
     // The container reads nothing from berthd: give it /dev/null as stdin.
     let null = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
     nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)
@@ -242,7 +258,7 @@ fn run_shim() -> Result<Report, String> {
             drop(err_r);
             let _ = nix::unistd::close(REPORT_FD);
             reset_signals();
-            let failure = enter_and_exec(&cfg, &mut RealSys);
+            let failure = enter_and_exec(&cfg, &prepared, &mut RealSys);
             let mut pipe = File::from(err_w);
             let _ = pipe.write_all(failure.message.as_bytes());
             drop(pipe);
@@ -304,7 +320,12 @@ mod tests {
             limits: CgroupLimits::default(),
             rlimits: Vec::new(),
             cgroup: None,
+            security: SecuritySpec::default(),
         }
+    }
+
+    fn run(c: &InitConfig, sys: &mut FakeSys) -> ChildFailure {
+        enter_and_exec(c, &security::prepare(&c.name, &c.security).unwrap(), sys)
     }
 
     fn fake(failures: &[(&str, i32)]) -> FakeSys {
@@ -317,14 +338,14 @@ mod tests {
     #[test]
     fn full_sequence_ends_with_hostname_cwd_and_exec() {
         let mut sys = fake(&[]);
-        let f = enter_and_exec(&cfg(&["/bin/sh", "-c", "x"], &["A=1"]), &mut sys);
+        let f = run(&cfg(&["/bin/sh", "-c", "x"], &["A=1"]), &mut sys);
         // The fake "succeeds" at exec, which the shim reports as a failure to exec.
         assert_eq!(f.code, EXIT_CANNOT_EXEC);
         let tail: Vec<&str> = sys
             .calls
             .iter()
             .rev()
-            .take(5)
+            .take(10)
             .rev()
             .map(String::as_str)
             .collect();
@@ -335,9 +356,54 @@ mod tests {
                 "sethostname webhost",
                 "mkdir /srv",
                 "chdir /srv",
+                "drop_bounding keep 0xa80425fb",
+                "set_ids uid=0 gid=0 groups=[]",
+                "set_caps 0xa80425fb ambient=false",
+                "no_new_privs",
+                "seccomp 2 programs",
                 r#"execve /bin/sh ["/bin/sh", "-c", "x"] ["A=1"]"#
             ]
         );
+        // A writable root is never remounted.
+        assert!(!sys
+            .calls
+            .iter()
+            .any(|c| c.starts_with("mount - / - MS_RDONLY")));
+    }
+
+    #[test]
+    fn read_only_root_is_remounted_after_the_workdir_exists() {
+        let mut c = cfg(&["/bin/true"], &[]);
+        c.security.read_only = true;
+        c.security.seccomp = crate::runtime::security::SeccompProfile::Unconfined;
+        let mut sys = fake(&[]);
+        run(&c, &mut sys);
+        let at = |line: &str| sys.calls.iter().position(|c| c == line).unwrap();
+        let remount = at("mount - / - MS_RDONLY|MS_REMOUNT|MS_BIND -");
+        assert!(at("mkdir /srv") < remount && remount < at("no_new_privs"));
+        assert!(!sys.calls.iter().any(|c| c.starts_with("seccomp")));
+    }
+
+    #[test]
+    fn unknown_user_is_a_setup_error_naming_the_user() {
+        let mut c = cfg(&["/bin/true"], &[]);
+        c.security.user = "nobody:nogroup".into();
+        let mut sys = fake(&[]);
+        sys.files.insert(
+            PathBuf::from("/etc/passwd"),
+            "root:x:0:0::/:/bin/sh\n".into(),
+        );
+        let f = run(&c, &mut sys);
+        assert_eq!(f.code, EXIT_SETUP_FAILED);
+        assert!(
+            f.message.contains("unable to find user \"nobody\""),
+            "{}",
+            f.message
+        );
+        assert!(!sys
+            .calls
+            .iter()
+            .any(|c| c.starts_with("execve") || c.starts_with("set_ids")));
     }
 
     #[test]
@@ -357,7 +423,7 @@ mod tests {
             },
         ];
         let mut sys = fake(&[]);
-        enter_and_exec(&c, &mut sys);
+        run(&c, &mut sys);
         let pivot = sys
             .calls
             .iter()
@@ -373,17 +439,13 @@ mod tests {
             })
             .unwrap();
         assert!(mount > pivot);
-        let tail: Vec<&str> = sys
-            .calls
-            .iter()
-            .rev()
-            .take(3)
-            .rev()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(tail[0], "setrlimit nofile 64 128");
-        assert_eq!(tail[1], format!("setrlimit core 0 {}", u64::MAX));
-        assert!(tail[2].starts_with("execve /bin/sh"));
+        let at = |line: &str| sys.calls.iter().position(|c| c == line).unwrap();
+        let nofile = at("setrlimit nofile 64 128");
+        let core = at(&format!("setrlimit core 0 {}", u64::MAX));
+        // rlimits are set while the process still holds CAP_SYS_RESOURCE: before the
+        // capability drop and seccomp, which end with the exec.
+        assert!(mount < nofile && nofile < core && core < at("no_new_privs"));
+        assert!(sys.calls.last().unwrap().starts_with("execve /bin/sh"));
 
         // Without a leaf there is no cgroup mount; a refused rlimit stops before exec.
         let mut c = cfg(&["/bin/sh"], &[]);
@@ -393,7 +455,7 @@ mod tests {
             hard: 1,
         }];
         let mut sys = fake(&[("setrlimit nproc", libc::EPERM)]);
-        let f = enter_and_exec(&c, &mut sys);
+        let f = run(&c, &mut sys);
         assert_eq!(f.code, EXIT_SETUP_FAILED);
         assert!(
             f.message.starts_with("rlimit nproc = [1, 1]:"),
@@ -412,7 +474,7 @@ mod tests {
             ("execve /a/ls", libc::ENOENT),
             ("execve /b/ls", libc::EACCES),
         ]);
-        let f = enter_and_exec(&cfg(&["ls"], &["PATH=/a:/b:/c"]), &mut sys);
+        let f = run(&cfg(&["ls"], &["PATH=/a:/b:/c"]), &mut sys);
         let execs: Vec<&String> = sys
             .calls
             .iter()
@@ -429,7 +491,7 @@ mod tests {
             ("execve /a/nope", libc::ENOENT),
             ("execve /b/nope", libc::ENOENT),
         ]);
-        let f = enter_and_exec(&cfg(&["nope"], &["PATH=/a:/b"]), &mut sys);
+        let f = run(&cfg(&["nope"], &["PATH=/a:/b"]), &mut sys);
         assert_eq!(f.code, EXIT_NOT_FOUND);
         assert!(
             f.message.contains("executable file not found in $PATH"),
@@ -438,7 +500,7 @@ mod tests {
         );
 
         let mut sys = fake(&[("execve /bin/nope", libc::ENOENT)]);
-        let f = enter_and_exec(&cfg(&["/bin/nope"], &[]), &mut sys);
+        let f = run(&cfg(&["/bin/nope"], &[]), &mut sys);
         assert_eq!(f.code, EXIT_NOT_FOUND);
         assert!(f.message.starts_with("exec \"/bin/nope\""), "{}", f.message);
     }
@@ -446,7 +508,7 @@ mod tests {
     #[test]
     fn permission_denied_everywhere_is_126() {
         let mut sys = fake(&[("execve /a/x", libc::EACCES), ("execve /b/x", libc::ENOENT)]);
-        let f = enter_and_exec(&cfg(&["x"], &["PATH=/a:/b"]), &mut sys);
+        let f = run(&cfg(&["x"], &["PATH=/a:/b"]), &mut sys);
         assert_eq!(f.code, EXIT_CANNOT_EXEC);
         assert!(f.message.contains("/a/x"), "{}", f.message);
     }
@@ -454,7 +516,7 @@ mod tests {
     #[test]
     fn mount_failure_is_a_setup_error_and_nothing_is_executed() {
         let mut sys = fake(&[("mount overlay", libc::EINVAL)]);
-        let f = enter_and_exec(&cfg(&["/bin/sh"], &[]), &mut sys);
+        let f = run(&cfg(&["/bin/sh"], &[]), &mut sys);
         assert_eq!(f.code, EXIT_SETUP_FAILED);
         assert!(
             f.message

@@ -2,8 +2,9 @@
 //!
 //! The supervisor decides *which* containers run and *when*; this module knows *how* to run
 //! one: [`spec`] merges image and manifest into the process, [`rootfs`] plans the mounts,
-//! [`launch`] starts the process in new namespaces via the [`init`] shim, and [`output`] puts
-//! its stdout/stderr on the console.
+//! [`launch`] starts the process in new namespaces via the [`init`] shim, [`security`] locks
+//! the process down (user, capabilities, seccomp) just before exec, and [`output`] puts its
+//! stdout/stderr on the console.
 
 pub mod cgroup;
 pub mod init;
@@ -11,6 +12,7 @@ pub mod launch;
 pub mod output;
 pub mod rlimit;
 pub mod rootfs;
+pub mod security;
 pub mod spec;
 
 use nix::sys::wait::WaitStatus;

@@ -1,17 +1,25 @@
 //! The container's root filesystem: the overlay of image layers, the pseudo filesystems a
-//! process expects (/proc, /dev, /dev/pts, /dev/shm, read-only /sys) and the pivot into it.
+//! process expects (/proc, /dev, /dev/pts, /dev/shm, read-only /sys), the kernel files a
+//! container must not see or write (masked and read-only paths, as runc does) and the pivot
+//! into it.
 //!
 //! The mounts are a *plan* (a list of [`Step`]s) built by a pure function and executed through
 //! the [`Sys`] trait, so the order and flags are unit-tested with a recording fake and only the
 //! thin [`RealSys`] touches the kernel.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::security::capabilities::CapSet;
+use seccompiler::BpfProgram;
+
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::{Mode, SFlag};
 use serde::{Deserialize, Serialize};
+
+use super::security::{self, Credentials};
 
 /// Where a container's overlay lives on the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +168,20 @@ pub enum Step {
         /// The link itself.
         link: PathBuf,
     },
+    /// Hide a kernel file or directory: bind /dev/null over a file, a read-only empty tmpfs
+    /// over a directory; skipped when the path does not exist.
+    Mask {
+        /// The path to hide.
+        path: PathBuf,
+        /// The container's /dev/null (bound over files).
+        null: PathBuf,
+    },
+    /// Make a path read-only: bind it onto itself, then remount the bind read-only; skipped
+    /// when the path does not exist.
+    ReadOnly {
+        /// The path.
+        path: PathBuf,
+    },
     /// Make `new_root` the process root (pivot_root, or move+chroot from an initramfs).
     PivotRoot {
         /// The new root.
@@ -192,6 +214,8 @@ impl std::fmt::Display for Step {
             Step::Symlink { target, link } => {
                 write!(f, "symlink {} -> {}", link.display(), target.display())
             }
+            Step::Mask { path, .. } => write!(f, "mask {}", path.display()),
+            Step::ReadOnly { path } => write!(f, "make {} read-only", path.display()),
             Step::PivotRoot { new_root } => write!(f, "pivot_root into {}", new_root.display()),
         }
     }
@@ -207,6 +231,37 @@ pub fn flag_names(flags: MsFlags) -> String {
         .map(|(name, _)| name)
         .collect::<Vec<_>>()
         .join("|")
+}
+
+/// Paths under the container's root hidden from it (runc's default `maskedPaths`).
+pub const MASKED_PATHS: [&str; 8] = [
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+];
+
+/// Paths under the container's root it may read but not write (runc's `readonlyPaths`).
+pub const READONLY_PATHS: [&str; 6] = [
+    "proc/asound",
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+/// What is at a path, for steps that act differently on files and directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// A directory.
+    Dir,
+    /// Anything else (file, device node, ...).
+    File,
 }
 
 /// Device nodes every container gets: (name, major, minor).
@@ -324,10 +379,21 @@ pub fn plan(layout: &RootfsLayout) -> Result<Vec<Step>, RootfsError> {
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             None,
         ),
-        Step::PivotRoot {
-            new_root: root.clone(),
-        },
     ]);
+    for path in MASKED_PATHS {
+        steps.push(Step::Mask {
+            path: root.join(path),
+            null: dev.join("null"),
+        });
+    }
+    for path in READONLY_PATHS {
+        steps.push(Step::ReadOnly {
+            path: root.join(path),
+        });
+    }
+    steps.push(Step::PivotRoot {
+        new_root: root.clone(),
+    });
     Ok(steps)
 }
 
@@ -360,6 +426,20 @@ pub trait Sys {
     fn setrlimit(&mut self, name: &str, soft: u64, hard: u64) -> io::Result<()>;
     /// execve(2); returns only on failure.
     fn execve(&mut self, path: &str, args: &[String], env: &[String]) -> io::Error;
+    /// What is at `path` (`None`: nothing). A query: fakes do not record it.
+    fn path_kind(&mut self, path: &Path) -> io::Result<Option<PathKind>>;
+    /// The text of a file (`None`: it does not exist). A query: fakes do not record it.
+    fn read_file(&mut self, path: &Path) -> io::Result<Option<String>>;
+    /// Drop every capability not in `keep` from the bounding set.
+    fn drop_bounding(&mut self, keep: &CapSet) -> io::Result<()>;
+    /// setgroups, setresgid, PR_SET_KEEPCAPS, setresuid.
+    fn set_ids(&mut self, creds: &Credentials) -> io::Result<()>;
+    /// Set effective, permitted and inheritable to `set`; also ambient when `ambient`.
+    fn set_caps(&mut self, set: &CapSet, ambient: bool) -> io::Result<()>;
+    /// prctl(PR_SET_NO_NEW_PRIVS).
+    fn no_new_privs(&mut self) -> io::Result<()>;
+    /// Install seccomp filters on the calling thread.
+    fn install_seccomp(&mut self, programs: &[BpfProgram]) -> io::Result<()>;
 }
 
 /// Run a plan, stopping at the first failing step.
@@ -396,9 +476,49 @@ fn run_step(step: &Step, sys: &mut dyn Sys) -> io::Result<()> {
             mode,
         } => sys.mknod_char(path, *major, *minor, *mode),
         Step::Symlink { target, link } => sys.symlink(target, link),
+        Step::Mask { path, null } => match sys.path_kind(path)? {
+            None => Ok(()),
+            Some(PathKind::Dir) => sys.mount(
+                Some("tmpfs"),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0"),
+            ),
+            Some(PathKind::File) => sys.mount(
+                Some(&null.to_string_lossy()),
+                path,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            ),
+        },
+        Step::ReadOnly { path } => {
+            if sys.path_kind(path)?.is_none() {
+                return Ok(());
+            }
+            let source = path.to_string_lossy();
+            sys.mount(
+                Some(&source),
+                path,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            sys.mount(None, path, None, READONLY_REMOUNT, None)
+        }
         Step::PivotRoot { new_root } => enter_root(new_root, sys),
     }
 }
+
+/// Flags that make an existing bind mount read-only (keeping the nosuid/nodev/noexec of
+/// /proc, which the kernel may insist on).
+pub const READONLY_REMOUNT: MsFlags = MsFlags::MS_BIND
+    .union(MsFlags::MS_REMOUNT)
+    .union(MsFlags::MS_RDONLY)
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
 
 /// The runc trick: pivot_root(".", ".") stacks the old root under the new one, and a lazy
 /// unmount of "." then drops it, with no put_old directory needed. There is deliberately no
@@ -521,6 +641,44 @@ impl Sys for RealSys {
             Ok(never) => match never {},
         }
     }
+
+    fn path_kind(&mut self, path: &Path) -> io::Result<Option<PathKind>> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => Ok(Some(PathKind::Dir)),
+            Ok(_) => Ok(Some(PathKind::File)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_file(&mut self, path: &Path) -> io::Result<Option<String>> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn drop_bounding(&mut self, keep: &CapSet) -> io::Result<()> {
+        security::drop_bounding_real(keep)
+    }
+
+    fn set_ids(&mut self, creds: &Credentials) -> io::Result<()> {
+        security::set_ids_real(creds)
+    }
+
+    fn set_caps(&mut self, set: &CapSet, ambient: bool) -> io::Result<()> {
+        security::set_caps_real(set, ambient)
+    }
+
+    fn no_new_privs(&mut self) -> io::Result<()> {
+        nix::sys::prctl::set_no_new_privs().map_err(errno)
+    }
+
+    fn install_seccomp(&mut self, programs: &[BpfProgram]) -> io::Result<()> {
+        security::seccomp::install(programs)
+            .map_err(|e| io::Error::other(super::init::error_chain(&e)))
+    }
 }
 
 /// A recording [`Sys`] for tests: every call is logged as one line; calls can be made to fail.
@@ -530,6 +688,12 @@ pub struct FakeSys {
     pub calls: Vec<String>,
     /// (call prefix, errno): the first call whose line starts with the prefix fails.
     pub failures: Vec<(String, i32)>,
+    /// Contents [`Sys::read_file`] returns; other files do not exist.
+    pub files: BTreeMap<PathBuf, String>,
+    /// Paths [`Sys::path_kind`] reports as directories.
+    pub dirs: Vec<PathBuf>,
+    /// Paths [`Sys::path_kind`] reports as missing; any other path is a file.
+    pub missing: Vec<PathBuf>,
 }
 
 impl FakeSys {
@@ -605,6 +769,38 @@ impl Sys for FakeSys {
             // A fake cannot replace the process: report "success" as an error tests can see.
             Ok(()) => io::Error::other("fake execve succeeded"),
         }
+    }
+    fn path_kind(&mut self, path: &Path) -> io::Result<Option<PathKind>> {
+        Ok(if self.missing.iter().any(|p| p == path) {
+            None
+        } else if self.dirs.iter().any(|p| p == path) {
+            Some(PathKind::Dir)
+        } else {
+            Some(PathKind::File)
+        })
+    }
+    fn read_file(&mut self, path: &Path) -> io::Result<Option<String>> {
+        Ok(self.files.get(path).cloned())
+    }
+    fn drop_bounding(&mut self, keep: &CapSet) -> io::Result<()> {
+        let mask = security::capabilities::mask(keep);
+        self.record(format!("drop_bounding keep {mask:#x}"))
+    }
+    fn set_ids(&mut self, creds: &Credentials) -> io::Result<()> {
+        self.record(format!(
+            "set_ids uid={} gid={} groups={:?}",
+            creds.uid, creds.gid, creds.groups
+        ))
+    }
+    fn set_caps(&mut self, set: &CapSet, ambient: bool) -> io::Result<()> {
+        let mask = security::capabilities::mask(set);
+        self.record(format!("set_caps {mask:#x} ambient={ambient}"))
+    }
+    fn no_new_privs(&mut self) -> io::Result<()> {
+        self.record("no_new_privs".to_string())
+    }
+    fn install_seccomp(&mut self, programs: &[BpfProgram]) -> io::Result<()> {
+        self.record(format!("seccomp {} programs", programs.len()))
     }
 }
 
@@ -777,6 +973,77 @@ mod tests {
     }
 
     #[test]
+    fn kernel_files_are_masked_and_made_read_only_before_the_pivot() {
+        let steps = plan(&layout()).unwrap();
+        let root = PathBuf::from("/state/containers/web/rootfs");
+        let pivot = steps.len() - 1;
+        let sysfs = steps
+            .iter()
+            .position(|s| matches!(s, Step::Mount { fstype: Some(t), .. } if t == "sysfs"))
+            .unwrap();
+        for path in MASKED_PATHS {
+            let i = steps
+                .iter()
+                .position(|s| matches!(s, Step::Mask { path: p, null } if *p == root.join(path) && *null == root.join("dev/null")))
+                .unwrap();
+            assert!(sysfs < i && i < pivot, "{path}");
+        }
+        for path in READONLY_PATHS {
+            let i = steps
+                .iter()
+                .position(|s| {
+                    *s == Step::ReadOnly {
+                        path: root.join(path),
+                    }
+                })
+                .unwrap();
+            assert!(sysfs < i && i < pivot, "{path}");
+        }
+
+        // Files get /dev/null, directories an empty read-only tmpfs, missing paths nothing.
+        let mut sys = FakeSys {
+            dirs: vec![
+                root.join("proc/scsi"),
+                root.join("sys/firmware"),
+                root.join("proc/sys"),
+            ],
+            missing: vec![root.join("proc/timer_stats"), root.join("proc/asound")],
+            ..FakeSys::default()
+        };
+        apply(&steps, &mut sys).unwrap();
+        let has = |line: &str| sys.calls.iter().any(|c| c == line);
+        let r = "/state/containers/web/rootfs";
+        assert!(has(&format!(
+            "mount {r}/dev/null {r}/proc/kcore - MS_BIND -"
+        )));
+        assert!(has(&format!(
+            "mount {r}/dev/null {r}/proc/keys - MS_BIND -"
+        )));
+        assert!(has(&format!(
+            "mount tmpfs {r}/proc/scsi tmpfs MS_RDONLY size=0"
+        )));
+        assert!(has(&format!(
+            "mount tmpfs {r}/sys/firmware tmpfs MS_RDONLY size=0"
+        )));
+        assert!(!sys
+            .calls
+            .iter()
+            .any(|c| c.contains("timer_stats") || c.contains("asound")));
+        let bind = sys
+            .calls
+            .iter()
+            .position(|c| *c == format!("mount {r}/proc/sys {r}/proc/sys - MS_BIND|MS_REC -"))
+            .unwrap();
+        assert_eq!(
+            sys.calls[bind + 1],
+            format!("mount - {r}/proc/sys - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_REMOUNT|MS_BIND -")
+        );
+        assert!(has(&format!(
+            "mount - {r}/proc/sysrq-trigger - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_REMOUNT|MS_BIND -"
+        )));
+    }
+
+    #[test]
     fn pivot_root_einval_is_an_error_not_a_chroot() {
         let mut sys = FakeSys {
             failures: vec![("pivot_root".into(), libc::EINVAL)],
@@ -790,6 +1057,7 @@ mod tests {
                 .is_some_and(|c| c.contains("pivot_root refused")),
             "{err}: {cause:?}"
         );
+        assert!(!sys.calls.iter().any(|c| c.starts_with("chroot")));
         assert_eq!(sys.calls.last().map(String::as_str), Some("pivot_root . ."));
     }
 

@@ -181,6 +181,11 @@ mod tests {
             limits: Default::default(),
             stop_signal: None,
             stop_timeout: None,
+            user: None,
+            cap_add: vec![],
+            cap_drop: vec![],
+            seccomp: crate::manifest::SeccompProfile::Default,
+            read_only: false,
         }
     }
 

@@ -80,6 +80,15 @@ pub enum BootError {
         /// What is wrong.
         error: SpecError,
     },
+    /// The container's security settings are unusable (e.g. an unknown capability).
+    #[error("{at}: {source}")]
+    Security {
+        /// Manifest location of the container's table.
+        at: String,
+        /// What is wrong.
+        #[source]
+        source: runtime::security::SecurityError,
+    },
 }
 
 impl From<ManifestError> for BootError {
@@ -160,6 +169,13 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
             None => runtime::spec::stop_signal(image.config.stop_signal.as_deref())
                 .map_err(spec_error)?,
         };
+        let security =
+            runtime::security::for_container(name, spec, &image.config).map_err(|source| {
+                BootError::Security {
+                    at: at(&manifest, &format!("containers.{name}")),
+                    source,
+                }
+            })?;
         plans.push(ContainerPlan {
             name: name.clone(),
             init: InitConfig {
@@ -169,6 +185,7 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
                 limits: CgroupLimits::from_manifest(&spec.limits),
                 rlimits: rlimit::from_manifest(&spec.limits),
                 cgroup: None,
+                security,
             },
             stop_signal,
             stop_timeout: spec.stop_timeout,

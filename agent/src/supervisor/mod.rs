@@ -540,6 +540,7 @@ mod tests {
                 limits: Default::default(),
                 rlimits: Vec::new(),
                 cgroup: None,
+                security: Default::default(),
             },
             stop_signal,
             stop_timeout: None,

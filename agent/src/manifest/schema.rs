@@ -67,6 +67,23 @@ pub(super) struct RawContainer {
     pub env: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
     pub workdir: Option<Spanned<String>>,
     pub hostname: Option<Spanned<String>>,
+    pub mounts: Option<Vec<RawMount>>,
+}
+
+/// One `[[containers.NAME.mounts]]` entry; which keys apply depends on `type`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like `{ type = \"volume\", source = \"data\", target = \"/data\" }`"
+)]
+pub(super) struct RawMount {
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub source: Option<Spanned<String>>,
+    pub target: Option<Spanned<String>>,
+    pub read_only: Option<Spanned<bool>>,
+    pub size: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
 }
 
 /// An example of a correct value for `key`, used in wrong-type and missing-key messages.
@@ -83,6 +100,12 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "command" => "command = [\"/bin/sh\", \"-c\", \"echo hi\"]",
         "env" => "env = { GREETING = \"hello\" }",
         "workdir" => "workdir = \"/\"",
+        "mounts" => "mounts = [{ type = \"volume\", source = \"data\", target = \"/data\" }]",
+        "type" => "type = \"volume\" (or \"bind\", \"tmpfs\")",
+        "target" => "target = \"/data\"",
+        "read_only" => "read_only = true",
+        "size" => "size = \"64M\"",
+        "mode" => "mode = \"1777\"",
         _ => return None,
     })
 }

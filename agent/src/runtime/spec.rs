@@ -178,6 +178,7 @@ mod tests {
             env: BTreeMap::new(),
             workdir: None,
             hostname: None,
+            mounts: Vec::new(),
         }
     }
 

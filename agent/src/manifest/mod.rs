@@ -107,7 +107,9 @@ impl ImageSource {
     /// The path after the scheme, relative to the manifest's directory.
     pub fn path(&self) -> &Path {
         match self {
-            ImageSource::OciLayout(p) | ImageSource::OciArchive(p) | ImageSource::DockerArchive(p) => p,
+            ImageSource::OciLayout(p)
+            | ImageSource::OciArchive(p)
+            | ImageSource::DockerArchive(p) => p,
         }
     }
 
@@ -460,12 +462,19 @@ mode = "1777"
         );
         assert_eq!(
             m.location_of("containers.web.mounts.1.target"),
-            Some(Location { line: 13, column: 10 })
+            Some(Location {
+                line: 13,
+                column: 10
+            })
         );
         let inline = parse("version = 1\n[images]\nb = { source = \"oci-layout:b\" }\n[containers.web]\nimage = \"b\"\nmounts = [{ type = \"tmpfs\", target = \"/run\" }]\n").unwrap();
         assert_eq!(
             inline.containers["web"].mounts,
-            vec![MountDecl::Tmpfs { target: "/run".into(), size: None, mode: None }]
+            vec![MountDecl::Tmpfs {
+                target: "/run".into(),
+                size: None,
+                mode: None
+            }]
         );
     }
 

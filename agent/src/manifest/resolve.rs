@@ -90,7 +90,9 @@ fn archive_problem(file: &Path) -> Option<String> {
     match std::fs::metadata(file) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("it does not exist".into()),
         Err(e) => Some(format!("cannot access it: {e}")),
-        Ok(meta) if !meta.is_file() => Some("it is not a regular file (an archive is a tar file)".into()),
+        Ok(meta) if !meta.is_file() => {
+            Some("it is not a regular file (an archive is a tar file)".into())
+        }
         Ok(_) => None,
     }
 }
@@ -166,10 +168,18 @@ mod tests {
         let err = m.resolve_images(tmp.path()).unwrap_err();
         // Name order: "app" first.
         assert_eq!((err.line, err.column), (4, 18));
-        assert!(err.message.contains("no oci-archive file at"), "{}", err.message);
+        assert!(
+            err.message.contains("no oci-archive file at"),
+            "{}",
+            err.message
+        );
         fs::create_dir(tmp.path().join("app.tar")).unwrap();
         let err = m.resolve_images(tmp.path()).unwrap_err();
-        assert!(err.message.contains("not a regular file"), "{}", err.message);
+        assert!(
+            err.message.contains("not a regular file"),
+            "{}",
+            err.message
+        );
         fs::remove_dir(tmp.path().join("app.tar")).unwrap();
         fs::write(tmp.path().join("app.tar"), "x").unwrap();
         fs::write(tmp.path().join("web.tar"), "x").unwrap();

@@ -254,7 +254,9 @@ fn layout_path(scheme: &str, path: &str) -> Result<PathBuf, String> {
         } else {
             "images/NAME.tar\" (a file relative to the manifest)"
         };
-        return Err(format!("image source path is empty; write \"{scheme}:{what}"));
+        return Err(format!(
+            "image source path is empty; write \"{scheme}:{what}"
+        ));
     }
     if path.contains('\0') {
         return Err("image source path contains a NUL character".into());
@@ -304,7 +306,10 @@ fn absolute_clean(what: &str, path: &str) -> Result<(), String> {
 pub fn mount_target(target: &str) -> Result<(), String> {
     absolute_clean("mount target", target)?;
     let path = Path::new(target);
-    if path.components().all(|c| c == Component::RootDir || c == Component::CurDir) {
+    if path
+        .components()
+        .all(|c| c == Component::RootDir || c == Component::CurDir)
+    {
         return Err(format!(
             "mount target {target:?} is the container's root; mount below it, e.g. \"/data\""
         ));
@@ -351,7 +356,10 @@ pub fn bind_source(source: &str) -> Result<PathBuf, String> {
 /// A volume name: the same rules as an image name (it names a directory in the state
 /// partition).
 pub fn volume_name(name: &str) -> Result<(), String> {
-    image_name(name).map_err(|m| m.replacen("image name", "volume name", 1).replace("image names", "volume names"))
+    image_name(name).map_err(|m| {
+        m.replacen("image name", "volume name", 1)
+            .replace("image names", "volume names")
+    })
 }
 
 /// A tmpfs size: bytes, or a number with a `k`, `M` or `G` suffix (powers of 1024), > 0.
@@ -376,16 +384,17 @@ pub fn tmpfs_size(size: &str) -> Result<u64, String> {
     let n: u64 = digits.parse().map_err(|_| bad())?;
     let bytes = n.checked_mul(1u64 << shift).ok_or_else(bad)?;
     if bytes == 0 {
-        return Err(format!("tmpfs size {size:?} is zero; give a size such as \"64M\", or leave `size` out"));
+        return Err(format!(
+            "tmpfs size {size:?} is zero; give a size such as \"64M\", or leave `size` out"
+        ));
     }
     Ok(bytes)
 }
 
 /// A tmpfs mode: octal permission bits as a string (`"1777"`, `"0755"`), at most `7777`.
 pub fn tmpfs_mode(mode: &str) -> Result<u32, String> {
-    let bad = || {
-        format!("tmpfs mode {mode:?} is not an octal mode; write e.g. \"1777\" or \"0755\"")
-    };
+    let bad =
+        || format!("tmpfs mode {mode:?} is not an octal mode; write e.g. \"1777\" or \"0755\"");
     if mode.is_empty() || mode.len() > 5 || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
         return Err(bad());
     }
@@ -500,10 +509,7 @@ mod tests {
         );
         let cases = [
             ("images/busybox", "has no scheme"),
-            (
-                "ftp:x.tar",
-                "unsupported image source scheme `ftp:`",
-            ),
+            ("ftp:x.tar", "unsupported image source scheme `ftp:`"),
             ("docker-archive:", "\"docker-archive:images/NAME.tar\""),
             ("oci-archive:/srv/web.tar", "is absolute"),
             ("oci-archive:../web.tar", "contains `..`"),

@@ -394,10 +394,34 @@ fn mount(
     }
     // Keys that do not apply to this type.
     let refused: &[(&str, Option<Range<usize>>)] = &[
-        ("source", raw.source.as_ref().map(Spanned::span).filter(|_| kind_name == "tmpfs")),
-        ("read_only", raw.read_only.as_ref().map(Spanned::span).filter(|_| kind_name == "tmpfs")),
-        ("size", raw.size.as_ref().map(Spanned::span).filter(|_| kind_name != "tmpfs")),
-        ("mode", raw.mode.as_ref().map(Spanned::span).filter(|_| kind_name != "tmpfs")),
+        (
+            "source",
+            raw.source
+                .as_ref()
+                .map(Spanned::span)
+                .filter(|_| kind_name == "tmpfs"),
+        ),
+        (
+            "read_only",
+            raw.read_only
+                .as_ref()
+                .map(Spanned::span)
+                .filter(|_| kind_name == "tmpfs"),
+        ),
+        (
+            "size",
+            raw.size
+                .as_ref()
+                .map(Spanned::span)
+                .filter(|_| kind_name != "tmpfs"),
+        ),
+        (
+            "mode",
+            raw.mode
+                .as_ref()
+                .map(Spanned::span)
+                .filter(|_| kind_name != "tmpfs"),
+        ),
     ];
     let mut ok = true;
     for (k, span) in refused {
@@ -431,12 +455,17 @@ fn mount(
     let read_only = raw.read_only.is_some_and(Spanned::into_inner);
     let decl = match kind_name {
         "tmpfs" => {
-            let mut parse = |value: Option<Spanned<String>>, rule: fn(&str) -> Result<u64, String>| {
+            let mut parse = |value: Option<Spanned<String>>,
+                             rule: fn(&str) -> Result<u64, String>| {
                 let value = value?;
                 match rule(value.get_ref()) {
                     Ok(n) => Some(n),
                     Err(m) => {
-                        c.fail(ErrorKind::InvalidValue, &value.span(), format!("{what}: {m}"));
+                        c.fail(
+                            ErrorKind::InvalidValue,
+                            &value.span(),
+                            format!("{what}: {m}"),
+                        );
                         ok = false;
                         None
                     }
@@ -484,7 +513,11 @@ fn mount(
                         read_only,
                     },
                     Err(m) => {
-                        c.fail(ErrorKind::InvalidValue, &source.span(), format!("{what}: {m}"));
+                        c.fail(
+                            ErrorKind::InvalidValue,
+                            &source.span(),
+                            format!("{what}: {m}"),
+                        );
                         return None;
                     }
                 }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
 
-use crate::manifest::{Location, Manifest, ManifestError};
+use crate::manifest::{rules, Location, Manifest, ManifestError, MountDecl};
+use crate::runtime::rootfs::ContainerMount;
 use crate::runtime::{self, InitConfig, RootfsLayout, SpecError};
 use crate::store::{Store, StoreError};
 
@@ -106,6 +107,50 @@ pub fn containers_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("containers")
 }
 
+/// Named volumes below the state directory (`STATE/volumes/NAME`).
+pub fn volumes_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("volumes")
+}
+
+/// The runtime form of a manifest mount. Bind sources are written as paths of the state
+/// partition (`/var/lib/berth/...`) and mapped onto `state_dir`, which is the same directory
+/// on a berth host and a temporary one in tests.
+pub fn container_mount(decl: &MountDecl, state_dir: &Path) -> ContainerMount {
+    match decl {
+        MountDecl::Volume {
+            name,
+            target,
+            read_only,
+        } => ContainerMount::Bind {
+            source: volumes_dir(state_dir).join(name),
+            within: volumes_dir(state_dir),
+            target: PathBuf::from(target),
+            read_only: *read_only,
+            create: true,
+        },
+        MountDecl::Bind {
+            source,
+            target,
+            read_only,
+        } => ContainerMount::Bind {
+            source: state_dir.join(
+                source
+                    .strip_prefix(rules::STATE_PARTITION)
+                    .unwrap_or(source.as_path()),
+            ),
+            within: state_dir.to_path_buf(),
+            target: PathBuf::from(target),
+            read_only: *read_only,
+            create: false,
+        },
+        MountDecl::Tmpfs { target, size, mode } => ContainerMount::Tmpfs {
+            target: PathBuf::from(target),
+            size: *size,
+            mode: *mode,
+        },
+    }
+}
+
 /// Load `manifest_path`, import its images (layouts relative to the manifest's directory) into
 /// `STATE/store`, and plan every container.
 pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError> {
@@ -151,12 +196,18 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
         let process = runtime::merge(name, &image.config, spec).map_err(spec_error)?;
         let stop_signal =
             runtime::spec::stop_signal(image.config.stop_signal.as_deref()).map_err(spec_error)?;
+        let mut rootfs = RootfsLayout::for_container(&containers, name, &image.layer_dirs);
+        rootfs.mounts = spec
+            .mounts
+            .iter()
+            .map(|m| container_mount(m, state_dir))
+            .collect();
         plans.push(ContainerPlan {
             name: name.clone(),
             init: InitConfig {
                 name: name.clone(),
                 process,
-                rootfs: RootfsLayout::for_container(&containers, name, &image.layer_dirs),
+                rootfs,
             },
             stop_signal,
         });

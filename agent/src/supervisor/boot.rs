@@ -42,7 +42,7 @@ pub enum BootError {
         source: Box<StoreError>,
     },
     /// An image failed to import.
-    #[error("{at}: image {name:?}: cannot import the OCI layout {layout}")]
+    #[error("{at}: image {name:?}: cannot import {}", layout.display())]
     Import {
         /// Manifest location of the image's `source`.
         at: String,
@@ -169,7 +169,7 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
     })?;
     for image in &images {
         store
-            .import_oci_layout(&image.name, &image.layout)
+            .import(&image.name, image.format, &image.layout)
             .map_err(|source| BootError::Import {
                 at: at(&manifest, &format!("images.{}.source", image.name)),
                 name: image.name.clone(),

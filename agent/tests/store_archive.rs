@@ -155,7 +155,11 @@ fn docker_archive_layers_must_match_the_config_diff_ids() {
     let archive = tmp.path().join("web.tar");
     fs::write(
         &archive,
-        docker_archive(&[("aaa/layer.tar", layer)], &[wrong.clone()], Vec::new()),
+        docker_archive(
+            &[("aaa/layer.tar", layer)],
+            std::slice::from_ref(&wrong),
+            Vec::new(),
+        ),
     )
     .unwrap();
     let store = Store::open(&tmp.path().join("store")).unwrap();

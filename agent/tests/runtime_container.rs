@@ -274,3 +274,100 @@ fn a_container_that_exits_is_reaped_with_its_code() {
     }
     assert_eq!(sup.exit_code_of("quick"), Some(3));
 }
+
+/// Runs one container to completion and returns its exit code and stdout lines.
+fn run_to_end(cfg: &InitConfig) -> (Option<i32>, Vec<String>) {
+    cfg.rootfs.prepare_host_dirs().unwrap();
+    let launched = runtime::launch(&shim(), cfg).unwrap();
+    let out = collect(&cfg.name, launched.stdout);
+    let _err = collect(&cfg.name, launched.stderr);
+    let status = waitpid(launched.pid, None).unwrap();
+    (runtime::exit_code(status), out.join().unwrap())
+}
+
+#[test]
+fn volumes_survive_container_restarts_and_mounts_apply() {
+    use berth_agent::manifest::MountDecl;
+    use berth_agent::supervisor::boot::container_mount;
+
+    let (_guard, tmp, layer) = setup();
+    let state = tmp.path().join("state");
+    fs::create_dir_all(state.join("shared/cfg")).unwrap();
+    fs::write(state.join("shared/cfg/motd"), "from the host\n").unwrap();
+    let mounts: Vec<_> = [
+        MountDecl::Volume {
+            name: "data".into(),
+            target: "/data".into(),
+            read_only: false,
+        },
+        MountDecl::Bind {
+            source: "/var/lib/berth/shared/cfg".into(),
+            target: "/etc/cfg".into(),
+            read_only: true,
+        },
+        MountDecl::Tmpfs {
+            target: "/scratch".into(),
+            size: Some(1 << 20),
+            mode: Some(0o750),
+        },
+    ]
+    .iter()
+    .map(|m| container_mount(m, &state))
+    .collect();
+
+    let mut writer = init_config(
+        &state,
+        "writer",
+        &layer,
+        &[
+            "/bin/sh",
+            "-c",
+            "echo persisted > /data/x && cat /etc/cfg/motd && \
+             (echo no > /etc/cfg/motd 2>/dev/null && echo writable || echo read-only) && \
+             grep ' /scratch ' /proc/mounts",
+        ],
+    );
+    writer.rootfs.mounts = mounts.clone();
+    let (code, out) = run_to_end(&writer);
+    assert_eq!(code, Some(0), "{out:#?}");
+    assert_eq!(out[0], "writer | from the host", "{out:#?}");
+    assert_eq!(out[1], "writer | read-only", "{out:#?}");
+    assert!(
+        out[2].starts_with("writer | tmpfs /scratch tmpfs rw,nosuid,nodev")
+            && out[2].contains("size=1024k")
+            && out[2].contains("mode=750"),
+        "{out:#?}"
+    );
+    assert_eq!(
+        fs::read_to_string(state.join("volumes/data/x")).unwrap(),
+        "persisted\n"
+    );
+    assert_eq!(
+        fs::read_to_string(state.join("shared/cfg/motd")).unwrap(),
+        "from the host\n"
+    );
+
+    // A new container (fresh upper layer) sees what the first one wrote to the volume.
+    let mut reader = init_config(&state, "reader", &layer, &["/bin/cat", "/data/x"]);
+    reader.rootfs.mounts = mounts;
+    let (code, out) = run_to_end(&reader);
+    assert_eq!(code, Some(0), "{out:#?}");
+    assert_eq!(out, ["reader | persisted"]);
+    assert_eq!(mounts_below(tmp.path()), Vec::<String>::new());
+
+    // A bind source that is a symlink out of the state directory is refused at start.
+    std::os::unix::fs::symlink(tmp.path(), state.join("shared/escape")).unwrap();
+    let mut sneaky = init_config(&state, "sneaky", &layer, &["/bin/true"]);
+    sneaky.rootfs.mounts = vec![container_mount(
+        &MountDecl::Bind {
+            source: "/var/lib/berth/shared/escape".into(),
+            target: "/x".into(),
+            read_only: false,
+        },
+        &state,
+    )];
+    sneaky.rootfs.prepare_host_dirs().unwrap();
+    let err = runtime::launch(&shim(), &sneaky).unwrap_err();
+    assert_eq!(err.exit_code(), EXIT_SETUP_FAILED);
+    assert!(err.to_string().contains("outside"), "{err}");
+}

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_agent::manifest::{ImageSource, Manifest, ManifestError};
+use berth_agent::manifest::{Manifest, ManifestError};
 
 use crate::binaries::{self, BinaryError, Overrides};
 use crate::initramfs::{self, ImageInput, InitramfsError, Inputs};
@@ -129,7 +129,7 @@ fn image_inputs(manifest: &Manifest, base_dir: &Path) -> Result<Vec<ImageInput>,
         .into_iter()
         .map(|r| {
             let relative = match manifest.images.get(&r.name).map(|d| &d.source) {
-                Some(ImageSource::OciLayout(rel)) => rel.clone(),
+                Some(source) => source.path().to_path_buf(),
                 None => r
                     .layout
                     .strip_prefix(base_dir)

@@ -87,7 +87,7 @@ pub struct ImageInput {
     pub name: String,
     /// The path as written in the manifest, relative to its directory.
     pub relative: PathBuf,
-    /// The layout directory on this machine.
+    /// The layout directory (or, for archive sources, the archive file) on this machine.
     pub layout: PathBuf,
 }
 
@@ -102,7 +102,7 @@ pub struct Inputs {
     pub berthctl: PathBuf,
     /// The host manifest, installed as `/etc/berth/manifest.toml`.
     pub manifest: PathBuf,
-    /// Image layouts, installed below `/etc/berth`.
+    /// Image layouts and archives, installed below `/etc/berth`.
     pub images: Vec<ImageInput>,
     /// Contents of `/etc/berth/build-info`.
     pub build_info: String,
@@ -168,7 +168,13 @@ pub fn assemble(inputs: &Inputs) -> Result<Archive, InitramfsError> {
             // Two names for the same layout: it is carried once.
             continue;
         }
-        a.add_tree(&dir, &image.layout).map_err(entry(&what))?;
+        if image.layout.is_file() {
+            // An oci-archive or docker-archive: one file.
+            a.add_file(&dir, 0o644, &image.layout)
+                .map_err(entry(&what))?;
+        } else {
+            a.add_tree(&dir, &image.layout).map_err(entry(&what))?;
+        }
     }
     Ok(a)
 }
@@ -230,16 +236,24 @@ pub(crate) mod tests {
         std::fs::write(layout.join("oci-layout"), "{}").unwrap();
         std::fs::write(layout.join("index.json"), "{}").unwrap();
         std::fs::write(layout.join("blobs/sha256/aa"), "blob").unwrap();
+        std::fs::write(dir.join("images/web.tar"), "docker save output").unwrap();
         Inputs {
             init: dir.join("init"),
             berthd: dir.join("berthd"),
             berthctl: dir.join("berthctl"),
             manifest: dir.join("manifest.toml"),
-            images: vec![ImageInput {
-                name: "busybox".into(),
-                relative: "images/busybox".into(),
-                layout,
-            }],
+            images: vec![
+                ImageInput {
+                    name: "busybox".into(),
+                    relative: "images/busybox".into(),
+                    layout,
+                },
+                ImageInput {
+                    name: "web".into(),
+                    relative: "images/web.tar".into(),
+                    layout: dir.join("images/web.tar"),
+                },
+            ],
             build_info: "version=0.1.0\n".into(),
             mtime: 7,
         }
@@ -274,6 +288,12 @@ pub(crate) mod tests {
             b"blob"
         );
         assert_eq!(get("etc/berth/images").mode, 0o040_755);
+        // An archive source is carried as the one file it is.
+        let web = get("etc/berth/images/web.tar");
+        assert_eq!(
+            (web.mode, web.data.as_slice()),
+            (0o100_644, &b"docker save output"[..])
+        );
         let console = get("dev/console");
         assert_eq!(
             (console.mode, console.rmajor, console.rminor),

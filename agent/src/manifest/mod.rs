@@ -98,8 +98,104 @@ pub struct ImageDecl {
 /// An image source.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ImageSource {
-    /// `oci-layout:PATH`, PATH relative to the manifest's directory.
+    /// `oci-layout:PATH`, PATH relative to the manifest's directory: an OCI image layout
+    /// directory.
     OciLayout(PathBuf),
+    /// `oci-archive:PATH`: a tar of an OCI image layout (a file).
+    OciArchive(PathBuf),
+    /// `docker-archive:PATH`: a `docker save` tar (a file).
+    DockerArchive(PathBuf),
+}
+
+impl ImageSource {
+    /// The path after the scheme, relative to the manifest's directory.
+    pub fn path(&self) -> &Path {
+        match self {
+            ImageSource::OciLayout(p)
+            | ImageSource::OciArchive(p)
+            | ImageSource::DockerArchive(p) => p,
+        }
+    }
+
+    /// The format of the image at [`ImageSource::path`].
+    pub fn format(&self) -> ImageFormat {
+        match self {
+            ImageSource::OciLayout(_) => ImageFormat::OciLayout,
+            ImageSource::OciArchive(_) => ImageFormat::OciArchive,
+            ImageSource::DockerArchive(_) => ImageFormat::DockerArchive,
+        }
+    }
+}
+
+/// How an image is packaged on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// An OCI image layout directory.
+    OciLayout,
+    /// A tar file holding an OCI image layout.
+    OciArchive,
+    /// A `docker save` tar file.
+    DockerArchive,
+}
+
+impl ImageFormat {
+    /// The scheme written in the manifest (`oci-layout`, ...).
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ImageFormat::OciLayout => "oci-layout",
+            ImageFormat::OciArchive => "oci-archive",
+            ImageFormat::DockerArchive => "docker-archive",
+        }
+    }
+
+    /// Whether the source is a directory (a layout) rather than a file (an archive).
+    pub fn is_directory(self) -> bool {
+        self == ImageFormat::OciLayout
+    }
+}
+
+/// One `[[containers.NAME.mounts]]` entry, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountDecl {
+    /// A named volume: `STATE/volumes/NAME`, created on first use, kept across restarts.
+    Volume {
+        /// Volume name (a store-safe file name).
+        name: String,
+        /// Absolute path inside the container.
+        target: String,
+        /// Mounted read-only.
+        read_only: bool,
+    },
+    /// A directory or file of the state partition (an absolute path under
+    /// [`rules::STATE_PARTITION`]).
+    Bind {
+        /// Absolute host path under the state partition.
+        source: PathBuf,
+        /// Absolute path inside the container.
+        target: String,
+        /// Mounted read-only.
+        read_only: bool,
+    },
+    /// A fresh tmpfs.
+    Tmpfs {
+        /// Absolute path inside the container.
+        target: String,
+        /// Size limit in bytes (`None`: the kernel's default, half of RAM).
+        size: Option<u64>,
+        /// Permission bits of its root (`None`: 0755).
+        mode: Option<u32>,
+    },
+}
+
+impl MountDecl {
+    /// The absolute path inside the container.
+    pub fn target(&self) -> &str {
+        match self {
+            MountDecl::Volume { target, .. }
+            | MountDecl::Bind { target, .. }
+            | MountDecl::Tmpfs { target, .. } => target,
+        }
+    }
 }
 
 /// One `[containers.NAME]` table.
@@ -133,6 +229,8 @@ pub struct ContainerSpec {
     pub seccomp: SeccompProfile,
     /// Mount the container's root filesystem read-only.
     pub read_only: bool,
+    /// Volumes, bind mounts and tmpfs mounts, in manifest order.
+    pub mounts: Vec<MountDecl>,
 }
 
 impl ContainerSpec {
@@ -142,13 +240,16 @@ impl ContainerSpec {
     }
 }
 
-/// An image resolved to a directory on disk.
+/// An image resolved to a directory or file on disk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedImage {
     /// The `[images]` key.
     pub name: String,
-    /// The OCI image layout directory.
+    /// The OCI image layout directory or the archive file (base directory joined with the
+    /// source's path).
     pub layout: PathBuf,
+    /// How the image at `layout` is packaged.
+    pub format: ImageFormat,
 }
 
 impl Manifest {
@@ -361,6 +462,91 @@ hostname = "www"
         assert_eq!(d.limits, Limits::default());
         assert!(!d.limits.needs_cgroup());
         assert_eq!((d.stop_signal, d.stop_timeout), (None, None));
+    }
+
+    #[test]
+    fn mounts_of_every_type() {
+        let text = r#"version = 1
+[images]
+b = { source = "oci-layout:b" }
+[containers.web]
+image = "b"
+[[containers.web.mounts]]
+type = "volume"
+source = "data"
+target = "/data"
+[[containers.web.mounts]]
+type = "bind"
+source = "/var/lib/berth/shared/x"
+target = "/x"
+read_only = true
+[[containers.web.mounts]]
+type = "tmpfs"
+target = "/tmp"
+size = "64M"
+mode = "1777"
+"#;
+        let m = parse(text).unwrap();
+        assert_eq!(
+            m.containers["web"].mounts,
+            vec![
+                MountDecl::Volume {
+                    name: "data".into(),
+                    target: "/data".into(),
+                    read_only: false
+                },
+                MountDecl::Bind {
+                    source: "/var/lib/berth/shared/x".into(),
+                    target: "/x".into(),
+                    read_only: true
+                },
+                MountDecl::Tmpfs {
+                    target: "/tmp".into(),
+                    size: Some(64 << 20),
+                    mode: Some(0o1777)
+                },
+            ]
+        );
+        assert_eq!(
+            m.location_of("containers.web.mounts.1.target"),
+            Some(Location {
+                line: 13,
+                column: 10
+            })
+        );
+        let inline = parse("version = 1\n[images]\nb = { source = \"oci-layout:b\" }\n[containers.web]\nimage = \"b\"\nmounts = [{ type = \"tmpfs\", target = \"/run\" }]\n").unwrap();
+        assert_eq!(
+            inline.containers["web"].mounts,
+            vec![MountDecl::Tmpfs {
+                target: "/run".into(),
+                size: None,
+                mode: None
+            }]
+        );
+    }
+
+    #[test]
+    fn mount_errors_are_located() {
+        let base = "version = 1\n[images]\nb = { source = \"oci-layout:b\" }\n[containers.web]\nimage = \"b\"\n";
+        let cases = [
+            // (mounts line, line, column, fragment)
+            ("mounts = [{ type = \"volume\", source = \"d\", target = \"/d\" }, { type = \"tmpfs\", target = \"/d/\" }]", 6, 88, "mounts[1] and mounts[0] (line 6, column 53) both mount on \"/d/\""),
+            ("mounts = [{ type = \"bind\", source = \"/etc\", target = \"/e\" }]", 6, 37, "outside the state partition"),
+            ("mounts = [{ type = \"bind\", source = \"/var/lib/berth/../x\", target = \"/e\" }]", 6, 37, "contains `..`"),
+            ("mounts = [{ type = \"volume\", source = \"d\", target = \"d\" }]", 6, 53, "is not absolute"),
+            ("mounts = [{ type = \"volume\", source = \"d\", target = \"/a/../b\" }]", 6, 53, "contains `..`"),
+            ("mounts = [{ type = \"nfs\", target = \"/d\" }]", 6, 20, "unknown mount type \"nfs\""),
+            ("mounts = [{ target = \"/d\" }]", 6, 22, "has no `type`"),
+            ("mounts = [{ type = \"volume\", target = \"/d\" }]", 6, 20, "has no `source`"),
+            ("mounts = [{ type = \"tmpfs\", target = \"/t\", size = \"lots\" }]", 6, 51, "is not a size"),
+            ("mounts = [{ type = \"tmpfs\", target = \"/t\", mode = \"999\" }]", 6, 51, "not an octal mode"),
+            ("mounts = [{ type = \"volume\", source = \"d\", target = \"/t\", size = \"1M\" }]", 6, 66, "`size` does not apply to a volume mount"),
+        ];
+        for (line, l, col, fragment) in cases {
+            let e = parse(&format!("{base}{line}\n")).unwrap_err();
+            assert!(e.message.contains(fragment), "{line}: {}", e.message);
+            assert_eq!((e.line, e.column), (l, col), "{line}: {}", e.message);
+        }
     }
 
     #[test]

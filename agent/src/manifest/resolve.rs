@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use super::error::{ErrorKind, ManifestError};
-use super::{ImageSource, Manifest, ResolvedImage};
+use super::{ImageFormat, Manifest, ResolvedImage};
 
 /// The files an OCI image layout directory must contain (image-layout spec).
 pub const LAYOUT_FILES: [&str; 2] = ["oci-layout", "index.json"];
@@ -20,14 +20,32 @@ pub(super) fn resolve_images(
 ) -> Result<Vec<ResolvedImage>, ManifestError> {
     let mut resolved = Vec::with_capacity(manifest.images.len());
     for (name, decl) in &manifest.images {
-        let ImageSource::OciLayout(relative) = &decl.source;
-        let layout = base_dir.join(relative);
-        if let Some(problem) = layout_problem(&layout) {
-            let message = format!(
-                "image {name:?}: no OCI image layout at {} ({problem}; expected a directory with oci-layout and index.json); create it from a directory tree with `berth-image oci --rootfs DIR --out {}`, or fix the path",
-                layout.display(),
-                layout.display(),
-            );
+        let format = decl.source.format();
+        let layout = base_dir.join(decl.source.path());
+        let problem = if format.is_directory() {
+            layout_problem(&layout)
+        } else {
+            archive_problem(&layout)
+        };
+        if let Some(problem) = problem {
+            let message = if format.is_directory() {
+                format!(
+                    "image {name:?}: no OCI image layout at {} ({problem}; expected a directory with oci-layout and index.json); create it from a directory tree with `berth-image oci --rootfs DIR --out {}`, or fix the path",
+                    layout.display(),
+                    layout.display(),
+                )
+            } else {
+                format!(
+                    "image {name:?}: no {} file at {} ({problem}); {}, or fix the path",
+                    format.scheme(),
+                    layout.display(),
+                    if format == ImageFormat::DockerArchive {
+                        "write it with `docker save -o FILE IMAGE`"
+                    } else {
+                        "write it with e.g. `skopeo copy docker://IMAGE oci-archive:FILE`"
+                    }
+                )
+            };
             return Err(manifest
                 .error_at(
                     &format!("images.{name}.source"),
@@ -35,13 +53,15 @@ pub(super) fn resolve_images(
                     message,
                 )
                 .with_hint(format!(
-                    "the path after `oci-layout:` is relative to the manifest's directory ({})",
+                    "the path after `{}:` is relative to the manifest's directory ({})",
+                    format.scheme(),
                     display_dir(base_dir)
                 )));
         }
         resolved.push(ResolvedImage {
             name: name.clone(),
             layout,
+            format,
         });
     }
     Ok(resolved)
@@ -63,6 +83,18 @@ fn layout_problem(dir: &Path) -> Option<String> {
         .filter(|f| !dir.join(f).is_file())
         .collect();
     (!missing.is_empty()).then(|| format!("the directory has no {}", missing.join(" and no ")))
+}
+
+/// What is wrong with `file` as an image archive, if anything.
+fn archive_problem(file: &Path) -> Option<String> {
+    match std::fs::metadata(file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("it does not exist".into()),
+        Err(e) => Some(format!("cannot access it: {e}")),
+        Ok(meta) if !meta.is_file() => {
+            Some("it is not a regular file (an archive is a tar file)".into())
+        }
+        Ok(_) => None,
+    }
 }
 
 fn display_dir(dir: &Path) -> String {
@@ -104,7 +136,8 @@ mod tests {
             resolved,
             vec![ResolvedImage {
                 name: "busybox".into(),
-                layout: tmp.path().join("images/busybox")
+                layout: tmp.path().join("images/busybox"),
+                format: ImageFormat::OciLayout,
             }]
         );
     }
@@ -125,6 +158,35 @@ mod tests {
             err.message
         );
         assert!(err.message.contains("it does not exist"), "{}", err.message);
+    }
+
+    #[test]
+    fn archives_must_be_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = "version = 1\n[images]\nweb = { source = \"docker-archive:web.tar\" }\napp = { source = \"oci-archive:app.tar\" }\n";
+        let m = Manifest::parse(text, Path::new("a.toml")).unwrap();
+        let err = m.resolve_images(tmp.path()).unwrap_err();
+        // Name order: "app" first.
+        assert_eq!((err.line, err.column), (4, 18));
+        assert!(
+            err.message.contains("no oci-archive file at"),
+            "{}",
+            err.message
+        );
+        fs::create_dir(tmp.path().join("app.tar")).unwrap();
+        let err = m.resolve_images(tmp.path()).unwrap_err();
+        assert!(
+            err.message.contains("not a regular file"),
+            "{}",
+            err.message
+        );
+        fs::remove_dir(tmp.path().join("app.tar")).unwrap();
+        fs::write(tmp.path().join("app.tar"), "x").unwrap();
+        fs::write(tmp.path().join("web.tar"), "x").unwrap();
+        let resolved = m.resolve_images(tmp.path()).unwrap();
+        assert_eq!(resolved[1].format, ImageFormat::DockerArchive);
+        assert_eq!(resolved[1].layout, tmp.path().join("web.tar"));
+        assert_eq!(resolved[0].format, ImageFormat::OciArchive);
     }
 
     #[test]

@@ -15,7 +15,20 @@ pub const MAX_HOSTNAME_LEN: usize = 64;
 pub const MAX_IMAGE_NAME_LEN: usize = 128;
 
 /// Image source schemes understood by this version.
-pub const SUPPORTED_SCHEMES: &[&str] = &["oci-layout"];
+pub const SUPPORTED_SCHEMES: &[&str] = &["oci-layout", "oci-archive", "docker-archive"];
+
+/// The state partition: the only place bind mount sources may come from.
+pub const STATE_PARTITION: &str = "/var/lib/berth";
+
+/// Subdirectories of the state partition that belong to the agent and may not be bind-mounted
+/// (the image store and the containers' root filesystems).
+pub const RESERVED_STATE_DIRS: &[&str] = &["store", "containers"];
+
+/// Container paths that the runtime mounts itself; mounts may not go there.
+pub const RESERVED_TARGETS: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// Mount types in `[[containers.NAME.mounts]]`.
+pub const MOUNT_TYPES: &[&str] = &["volume", "bind", "tmpfs"];
 
 /// A container name: a DNS label (RFC 1123) in lowercase, because containers find each other
 /// by name: `a-z`, `0-9` and `-`, 1 to 63 characters, not starting or ending with `-`.
@@ -216,24 +229,34 @@ pub fn image_source(source: &str) -> Result<ImageSource, String> {
             "image source {source:?} has no scheme; write \"oci-layout:{source}\" (supported: {supported})"
         ));
     };
-    if scheme != "oci-layout" {
-        let note = match scheme {
-            "oci-archive" | "docker-archive" | "docker" | "registry" | "http" | "https" => {
-                " (planned, not in this version)"
-            }
-            _ => "",
-        };
-        return Err(format!(
-            "unsupported image source scheme `{scheme}:`{note}; supported: {supported}, e.g. \"oci-layout:images/busybox\""
-        ));
-    }
-    layout_path(path).map(ImageSource::OciLayout)
+    let make: fn(PathBuf) -> ImageSource = match scheme {
+        "oci-layout" => ImageSource::OciLayout,
+        "oci-archive" => ImageSource::OciArchive,
+        "docker-archive" => ImageSource::DockerArchive,
+        _ => {
+            let note = match scheme {
+                "docker" | "registry" | "http" | "https" => " (planned, not in this version)",
+                _ => "",
+            };
+            return Err(format!(
+                "unsupported image source scheme `{scheme}:`{note}; supported: {supported}, e.g. \"oci-layout:images/busybox\""
+            ));
+        }
+    };
+    layout_path(scheme, path).map(make)
 }
 
-/// The PATH of `oci-layout:PATH`.
-fn layout_path(path: &str) -> Result<PathBuf, String> {
+/// The PATH of `SCHEME:PATH`.
+fn layout_path(scheme: &str, path: &str) -> Result<PathBuf, String> {
     if path.is_empty() {
-        return Err("image source path is empty; write \"oci-layout:images/NAME\" (a directory relative to the manifest)".into());
+        let what = if scheme == "oci-layout" {
+            "images/NAME\" (a directory relative to the manifest)"
+        } else {
+            "images/NAME.tar\" (a file relative to the manifest)"
+        };
+        return Err(format!(
+            "image source path is empty; write \"{scheme}:{what}"
+        ));
     }
     if path.contains('\0') {
         return Err("image source path contains a NUL character".into());
@@ -241,17 +264,17 @@ fn layout_path(path: &str) -> Result<PathBuf, String> {
     let p = Path::new(path);
     if p.is_absolute() {
         return Err(format!(
-            "image source path {path:?} is absolute; write it relative to the manifest's directory, e.g. \"oci-layout:images/{}\" (the layout ships next to the manifest)",
+            "image source path {path:?} is absolute; write it relative to the manifest's directory, e.g. \"{scheme}:images/{}\" (the image ships next to the manifest)",
             p.file_name().map_or("NAME".into(), |n| n.to_string_lossy())
         ));
     }
     if p.components().any(|c| c == Component::ParentDir) {
         return Err(format!(
-            "image source path {path:?} contains `..`; image layouts must live below the manifest's directory (move the layout there and write e.g. \"oci-layout:images/NAME\")"
+            "image source path {path:?} contains `..`; images must live below the manifest's directory (move the image there and write e.g. \"{scheme}:images/NAME\")"
         ));
     }
     if p.components().all(|c| c == Component::CurDir) {
-        return Err(format!("image source path {path:?} names the manifest's own directory; point at the layout directory, e.g. \"oci-layout:images/NAME\""));
+        return Err(format!("image source path {path:?} names the manifest's own directory; point at the image, e.g. \"{scheme}:images/NAME\""));
     }
     Ok(p.to_path_buf())
 }
@@ -267,6 +290,132 @@ pub fn user(spec: &str) -> Result<(), String> {
 /// `ALL`.
 pub fn capability(name: &str) -> Result<(), String> {
     crate::runtime::security::capabilities::parse_name(name).map(|_| ())
+}
+
+/// Checks a path written in a mount: absolute, no NUL, no `..` component.
+fn absolute_clean(what: &str, path: &str) -> Result<(), String> {
+    if path.contains('\0') {
+        return Err(format!("{what} {path:?} contains a NUL character"));
+    }
+    if !path.starts_with('/') {
+        return Err(format!(
+            "{what} {path:?} is not absolute; write a path starting with '/', e.g. \"/{}\"",
+            path.trim_start_matches("./")
+        ));
+    }
+    if Path::new(path)
+        .components()
+        .any(|c| c == Component::ParentDir)
+    {
+        return Err(format!(
+            "{what} {path:?} contains `..`; write the path without it"
+        ));
+    }
+    Ok(())
+}
+
+/// A mount target: an absolute path inside the container without `..`, not `/` and not in the
+/// pseudo filesystems the runtime mounts itself ([`RESERVED_TARGETS`]).
+pub fn mount_target(target: &str) -> Result<(), String> {
+    absolute_clean("mount target", target)?;
+    let path = Path::new(target);
+    if path
+        .components()
+        .all(|c| c == Component::RootDir || c == Component::CurDir)
+    {
+        return Err(format!(
+            "mount target {target:?} is the container's root; mount below it, e.g. \"/data\""
+        ));
+    }
+    if let Some(reserved) = RESERVED_TARGETS.iter().find(|r| path.starts_with(r)) {
+        return Err(format!(
+            "mount target {target:?} is inside {reserved}, which the runtime mounts itself; choose another path, e.g. \"/data\""
+        ));
+    }
+    Ok(())
+}
+
+/// A mount target in canonical form (`//a/./b/` → `/a/b`), for duplicate detection.
+pub fn normalized_target(target: &str) -> PathBuf {
+    Path::new(target).components().collect()
+}
+
+/// A bind mount source: an absolute path without `..` inside [`STATE_PARTITION`], and not its
+/// agent-owned subdirectories ([`RESERVED_STATE_DIRS`]).
+pub fn bind_source(source: &str) -> Result<PathBuf, String> {
+    absolute_clean("bind mount source", source)?;
+    let path: PathBuf = Path::new(source).components().collect();
+    let Ok(inside) = path.strip_prefix(STATE_PARTITION) else {
+        return Err(format!(
+            "bind mount source {source:?} is outside the state partition; bind sources must be under {STATE_PARTITION}, e.g. \"{STATE_PARTITION}/shared/NAME\" (or use a volume)"
+        ));
+    };
+    let Some(first) = inside.components().next() else {
+        return Err(format!(
+            "bind mount source {source:?} is the whole state partition; bind a directory below it, e.g. \"{STATE_PARTITION}/shared/NAME\""
+        ));
+    };
+    if let Some(reserved) = RESERVED_STATE_DIRS
+        .iter()
+        .find(|r| first.as_os_str() == std::ffi::OsStr::new(r))
+    {
+        return Err(format!(
+            "bind mount source {source:?} is inside {STATE_PARTITION}/{reserved}, which belongs to the agent; use another directory, e.g. \"{STATE_PARTITION}/shared/NAME\""
+        ));
+    }
+    Ok(path)
+}
+
+/// A volume name: the same rules as an image name (it names a directory in the state
+/// partition).
+pub fn volume_name(name: &str) -> Result<(), String> {
+    image_name(name).map_err(|m| {
+        m.replacen("image name", "volume name", 1)
+            .replace("image names", "volume names")
+    })
+}
+
+/// A tmpfs size: bytes, or a number with a `k`, `M` or `G` suffix (powers of 1024), > 0.
+pub fn tmpfs_size(size: &str) -> Result<u64, String> {
+    let bad = || {
+        format!("tmpfs size {size:?} is not a size; write bytes or a number with k, M or G, e.g. \"64M\"")
+    };
+    let (digits, unit) = match size.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&size[..i], c),
+        _ => (size, 'b'),
+    };
+    let shift = match unit {
+        'b' => 0,
+        'k' | 'K' => 10,
+        'm' | 'M' => 20,
+        'g' | 'G' => 30,
+        _ => return Err(bad()),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let bytes = n.checked_mul(1u64 << shift).ok_or_else(bad)?;
+    if bytes == 0 {
+        return Err(format!(
+            "tmpfs size {size:?} is zero; give a size such as \"64M\", or leave `size` out"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A tmpfs mode: octal permission bits as a string (`"1777"`, `"0755"`), at most `7777`.
+pub fn tmpfs_mode(mode: &str) -> Result<u32, String> {
+    let bad =
+        || format!("tmpfs mode {mode:?} is not an octal mode; write e.g. \"1777\" or \"0755\"");
+    if mode.is_empty() || mode.len() > 5 || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(bad());
+    }
+    let bits = u32::from_str_radix(mode, 8).map_err(|_| bad())?;
+    if bits > 0o7777 {
+        return Err(bad());
+    }
+    Ok(bits)
 }
 
 #[cfg(test)]
@@ -373,10 +522,10 @@ mod tests {
         );
         let cases = [
             ("images/busybox", "has no scheme"),
-            (
-                "oci-archive:x.tar",
-                "unsupported image source scheme `oci-archive:`",
-            ),
+            ("ftp:x.tar", "unsupported image source scheme `ftp:`"),
+            ("docker-archive:", "\"docker-archive:images/NAME.tar\""),
+            ("oci-archive:/srv/web.tar", "is absolute"),
+            ("oci-archive:../web.tar", "contains `..`"),
             (
                 "docker://busybox",
                 "unsupported image source scheme `docker:`",
@@ -390,6 +539,73 @@ mod tests {
         for (source, fragment) in cases {
             let msg = image_source(source).unwrap_err();
             assert!(msg.contains(fragment), "{source}: {msg}");
+        }
+        assert_eq!(
+            image_source("oci-archive:images/web.tar"),
+            Ok(ImageSource::OciArchive(PathBuf::from("images/web.tar")))
+        );
+        assert_eq!(
+            image_source("docker-archive:web.tar"),
+            Ok(ImageSource::DockerArchive(PathBuf::from("web.tar")))
+        );
+    }
+
+    #[test]
+    fn mount_targets() {
+        for ok in ["/data", "/srv/www/", "/dev-data", "/tmp"] {
+            assert_eq!(mount_target(ok), Ok(()), "{ok}");
+        }
+        for (bad, fragment) in [
+            ("data", "is not absolute"),
+            ("/data/../etc", "contains `..`"),
+            ("/", "the container's root"),
+            ("//.", "the container's root"),
+            ("/proc/sys", "inside /proc"),
+            ("/dev", "inside /dev"),
+            ("/sys", "inside /sys"),
+            ("/a\0", "NUL"),
+        ] {
+            let msg = mount_target(bad).unwrap_err();
+            assert!(msg.contains(fragment), "{bad}: {msg}");
+        }
+        assert_eq!(normalized_target("//data/./x/"), PathBuf::from("/data/x"));
+    }
+
+    #[test]
+    fn bind_sources_stay_in_the_state_partition() {
+        assert_eq!(
+            bind_source("/var/lib/berth/shared/x"),
+            Ok(PathBuf::from("/var/lib/berth/shared/x"))
+        );
+        for (bad, fragment) in [
+            ("/etc", "outside the state partition"),
+            ("/var/lib/berthx/a", "outside the state partition"),
+            ("/var/lib/berth/../../etc", "contains `..`"),
+            ("var/lib/berth/x", "is not absolute"),
+            ("/var/lib/berth", "whole state partition"),
+            ("/var/lib/berth/store/blobs", "belongs to the agent"),
+            ("/var/lib/berth/containers/web", "belongs to the agent"),
+        ] {
+            let msg = bind_source(bad).unwrap_err();
+            assert!(msg.contains(fragment), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn volume_names_sizes_and_modes() {
+        assert_eq!(volume_name("data"), Ok(()));
+        assert!(volume_name("../x").unwrap_err().contains("volume name"));
+        assert_eq!(tmpfs_size("4096"), Ok(4096));
+        assert_eq!(tmpfs_size("64M"), Ok(64 << 20));
+        assert_eq!(tmpfs_size("2g"), Ok(2 << 30));
+        assert_eq!(tmpfs_size("512k"), Ok(512 << 10));
+        for bad in ["", "M", "64X", "-1", "1.5G", "0", "99999999999999999999G"] {
+            assert!(tmpfs_size(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(tmpfs_mode("1777"), Ok(0o1777));
+        assert_eq!(tmpfs_mode("0755"), Ok(0o755));
+        for bad in ["", "8", "rwx", "17777", "-755"] {
+            assert!(tmpfs_mode(bad).is_err(), "{bad} accepted");
         }
     }
 }

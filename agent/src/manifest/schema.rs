@@ -78,6 +78,23 @@ pub(super) struct RawContainer {
     pub cap_drop: Option<Vec<Spanned<String>>>,
     pub seccomp: Option<Spanned<String>>,
     pub read_only: Option<Spanned<bool>>,
+    pub mounts: Option<Vec<RawMount>>,
+}
+
+/// One `[[containers.NAME.mounts]]` entry; which keys apply depends on `type`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like `{ type = \"volume\", source = \"data\", target = \"/data\" }`"
+)]
+pub(super) struct RawMount {
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub source: Option<Spanned<String>>,
+    pub target: Option<Spanned<String>>,
+    pub read_only: Option<Spanned<bool>>,
+    pub size: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
 }
 
 /// An example of a correct value for `key`, used in wrong-type and missing-key messages.
@@ -105,6 +122,11 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "cap_drop" => "cap_drop = [\"ALL\"]",
         "seccomp" => "seccomp = \"default\"",
         "read_only" => "read_only = true",
+        "mounts" => "mounts = [{ type = \"volume\", source = \"data\", target = \"/data\" }]",
+        "type" => "type = \"volume\" (or \"bind\", \"tmpfs\")",
+        "target" => "target = \"/data\"",
+        "size" => "size = \"64M\"",
+        "mode" => "mode = \"1777\"",
         _ => return None,
     })
 }

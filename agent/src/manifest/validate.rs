@@ -13,9 +13,9 @@ use toml::Spanned;
 use super::diagnose::closest;
 use super::error::{ErrorKind, ManifestError};
 use super::location::Location;
-use super::schema::{RawContainer, RawImage, RawManifest, VersionProbe};
+use super::schema::{RawContainer, RawImage, RawManifest, RawMount, VersionProbe};
 use super::{
-    limits, rules, ContainerSpec, Host, ImageDecl, Manifest, Origin, SeccompProfile,
+    limits, rules, ContainerSpec, Host, ImageDecl, Manifest, MountDecl, Origin, SeccompProfile,
     DEFAULT_HOSTNAME, SUPPORTED_VERSIONS,
 };
 
@@ -415,6 +415,36 @@ fn container(
         c.record(format!("{key}.read_only"), &r.span());
         r.into_inner()
     });
+    let mut mounts = Vec::new();
+    let mut seen: Vec<(std::path::PathBuf, Location, usize)> = Vec::new();
+    for (index, raw_mount) in raw.mounts.unwrap_or_default().into_iter().enumerate() {
+        let mkey = format!("{key}.mounts.{index}");
+        let target_span = raw_mount.target.as_ref().map(Spanned::span);
+        match mount(c, cname, index, &name.span(), &mkey, raw_mount) {
+            Some(decl) => {
+                let normalized = rules::normalized_target(decl.target());
+                let span = target_span.unwrap_or_else(|| name.span());
+                let at = c.at(&span);
+                if let Some((_, first_at, first_index)) =
+                    seen.iter().find(|(t, _, _)| *t == normalized)
+                {
+                    c.fail(
+                        ErrorKind::InvalidValue,
+                        &span,
+                        format!(
+                            "container {cname:?}: mounts[{index}] and mounts[{first_index}] (line {}, column {}) both mount on {:?}; each target may be mounted once",
+                            first_at.line, first_at.column, decl.target()
+                        ),
+                    );
+                    ok = false;
+                } else {
+                    seen.push((normalized, at, index));
+                    mounts.push(decl);
+                }
+            }
+            None => ok = false,
+        }
+    }
 
     let (image, entrypoint, command) = (image?, entrypoint?, command?);
     ok.then_some(ContainerSpec {
@@ -432,5 +462,183 @@ fn container(
         cap_drop,
         seccomp,
         read_only,
+        mounts,
     })
+}
+
+/// One mount entry: `type` decides which keys are required and which are refused.
+fn mount(
+    c: &mut Checker<'_>,
+    cname: &str,
+    index: usize,
+    container_span: &Range<usize>,
+    key: &str,
+    raw: RawMount,
+) -> Option<MountDecl> {
+    let what = format!("container {cname:?}: mounts[{index}]");
+    // The entry table itself has no span: point at its first key, else at the container.
+    let entry_span = [
+        raw.kind.as_ref().map(Spanned::span),
+        raw.source.as_ref().map(Spanned::span),
+        raw.target.as_ref().map(Spanned::span),
+        raw.read_only.as_ref().map(Spanned::span),
+        raw.size.as_ref().map(Spanned::span),
+        raw.mode.as_ref().map(Spanned::span),
+    ]
+    .into_iter()
+    .flatten()
+    .min_by_key(|s| s.start)
+    .unwrap_or_else(|| container_span.clone());
+    c.record(key.to_owned(), &entry_span);
+    let types = rules::MOUNT_TYPES.join("\", \"");
+    let Some(kind) = raw.kind else {
+        c.fail(
+            ErrorKind::MissingKey,
+            &entry_span,
+            format!("{what} has no `type`; write type = \"volume\", \"bind\" or \"tmpfs\""),
+        );
+        return None;
+    };
+    let kind_name = kind.get_ref().as_str();
+    if !rules::MOUNT_TYPES.contains(&kind_name) {
+        c.fail(
+            ErrorKind::InvalidValue,
+            &kind.span(),
+            format!("{what}: unknown mount type {kind_name:?}; the types are \"{types}\""),
+        );
+        return None;
+    }
+    // Keys that do not apply to this type.
+    let refused: &[(&str, Option<Range<usize>>)] = &[
+        (
+            "source",
+            raw.source
+                .as_ref()
+                .map(Spanned::span)
+                .filter(|_| kind_name == "tmpfs"),
+        ),
+        (
+            "read_only",
+            raw.read_only
+                .as_ref()
+                .map(Spanned::span)
+                .filter(|_| kind_name == "tmpfs"),
+        ),
+        (
+            "size",
+            raw.size
+                .as_ref()
+                .map(Spanned::span)
+                .filter(|_| kind_name != "tmpfs"),
+        ),
+        (
+            "mode",
+            raw.mode
+                .as_ref()
+                .map(Spanned::span)
+                .filter(|_| kind_name != "tmpfs"),
+        ),
+    ];
+    let mut ok = true;
+    for (k, span) in refused {
+        if let Some(span) = span {
+            c.fail(
+                ErrorKind::InvalidValue,
+                span,
+                format!("{what}: `{k}` does not apply to a {kind_name} mount; remove it"),
+            );
+            ok = false;
+        }
+    }
+    let target = match raw.target {
+        None => {
+            c.fail(
+                ErrorKind::MissingKey,
+                &entry_span,
+                format!("{what} has no `target`; write target = \"/data\" (an absolute path inside the container)"),
+            );
+            None
+        }
+        Some(t) => {
+            c.record(format!("{key}.target"), &t.span());
+            let fine = c.rule(
+                &t.span(),
+                rules::mount_target(t.get_ref()).map_err(|m| format!("{what}: {m}")),
+            );
+            fine.then(|| t.into_inner())
+        }
+    };
+    let read_only = raw.read_only.is_some_and(Spanned::into_inner);
+    let decl = match kind_name {
+        "tmpfs" => {
+            let mut parse = |value: Option<Spanned<String>>,
+                             rule: fn(&str) -> Result<u64, String>| {
+                let value = value?;
+                match rule(value.get_ref()) {
+                    Ok(n) => Some(n),
+                    Err(m) => {
+                        c.fail(
+                            ErrorKind::InvalidValue,
+                            &value.span(),
+                            format!("{what}: {m}"),
+                        );
+                        ok = false;
+                        None
+                    }
+                }
+            };
+            let size = parse(raw.size, rules::tmpfs_size);
+            let mode = parse(raw.mode, |m| rules::tmpfs_mode(m).map(u64::from))
+                .and_then(|m| u32::try_from(m).ok());
+            MountDecl::Tmpfs {
+                target: target?,
+                size,
+                mode,
+            }
+        }
+        _ => {
+            let Some(source) = raw.source else {
+                let example = if kind_name == "volume" {
+                    "source = \"data\" (a volume name)"
+                } else {
+                    "source = \"/var/lib/berth/shared/NAME\""
+                };
+                c.fail(
+                    ErrorKind::MissingKey,
+                    &entry_span,
+                    format!("{what} has no `source`; write {example}"),
+                );
+                return None;
+            };
+            c.record(format!("{key}.source"), &source.span());
+            if kind_name == "volume" {
+                let fine = c.rule(
+                    &source.span(),
+                    rules::volume_name(source.get_ref()).map_err(|m| format!("{what}: {m}")),
+                );
+                MountDecl::Volume {
+                    name: fine.then(|| source.into_inner())?,
+                    target: target?,
+                    read_only,
+                }
+            } else {
+                match rules::bind_source(source.get_ref()) {
+                    Ok(path) => MountDecl::Bind {
+                        source: path,
+                        target: target?,
+                        read_only,
+                    },
+                    Err(m) => {
+                        c.fail(
+                            ErrorKind::InvalidValue,
+                            &source.span(),
+                            format!("{what}: {m}"),
+                        );
+                        return None;
+                    }
+                }
+            }
+        }
+    };
+    ok.then_some(decl)
 }

@@ -33,6 +33,57 @@ pub struct RootfsLayout {
     pub work: PathBuf,
     /// Mount point of the merged root.
     pub target: PathBuf,
+    /// Volumes, bind mounts and tmpfs mounts on top of the root (parents before children).
+    #[serde(default)]
+    pub mounts: Vec<ContainerMount>,
+}
+
+/// A mount requested by the manifest, with host paths resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum ContainerMount {
+    /// Bind `source` (a volume directory or a path of the state partition), which must resolve
+    /// — symlinks followed — to a path inside `within`.
+    Bind {
+        /// Host path.
+        source: PathBuf,
+        /// The directory `source` must stay inside after resolving symlinks.
+        within: PathBuf,
+        /// Absolute path inside the container.
+        target: PathBuf,
+        /// Remount read-only.
+        read_only: bool,
+        /// A volume: `source` is created (as a directory) before start.
+        create: bool,
+    },
+    /// A fresh tmpfs.
+    Tmpfs {
+        /// Absolute path inside the container.
+        target: PathBuf,
+        /// Size limit in bytes.
+        size: Option<u64>,
+        /// Permission bits of its root.
+        mode: Option<u32>,
+    },
+}
+
+impl ContainerMount {
+    /// The absolute path inside the container.
+    pub fn target(&self) -> &Path {
+        match self {
+            ContainerMount::Bind { target, .. } | ContainerMount::Tmpfs { target, .. } => target,
+        }
+    }
+
+    /// tmpfs mount data (`mode=1777,size=67108864`), `None` when both are defaults.
+    fn tmpfs_data(size: Option<u64>, mode: Option<u32>) -> Option<String> {
+        let parts: Vec<String> = mode
+            .map(|m| format!("mode={m:o}"))
+            .into_iter()
+            .chain(size.map(|s| format!("size={s}")))
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(","))
+    }
 }
 
 /// Why a root filesystem cannot be planned or set up.
@@ -78,6 +129,7 @@ impl RootfsLayout {
             upper: dir.join("upper"),
             work: dir.join("work"),
             target: dir.join("rootfs"),
+            mounts: Vec::new(),
         }
     }
 
@@ -101,6 +153,19 @@ impl RootfsLayout {
                 path: dir.clone(),
                 source,
             })?;
+        }
+        for mount in &self.mounts {
+            if let ContainerMount::Bind {
+                source,
+                create: true,
+                ..
+            } = mount
+            {
+                std::fs::create_dir_all(source).map_err(|source_err| RootfsError::Prepare {
+                    path: source.clone(),
+                    source: source_err,
+                })?;
+            }
         }
         Ok(())
     }
@@ -182,6 +247,14 @@ pub enum Step {
         /// The path.
         path: PathBuf,
     },
+    /// A manifest mount: resolve and create its mount point inside `root` without leaving
+    /// it, then mount (and for binds, remount nosuid,nodev and read-only when asked).
+    UserMount {
+        /// The container's root (host path).
+        root: PathBuf,
+        /// What to mount.
+        mount: ContainerMount,
+    },
     /// Make `new_root` the process root (pivot_root, or move+chroot from an initramfs).
     PivotRoot {
         /// The new root.
@@ -216,6 +289,23 @@ impl std::fmt::Display for Step {
             }
             Step::Mask { path, .. } => write!(f, "mask {}", path.display()),
             Step::ReadOnly { path } => write!(f, "make {} read-only", path.display()),
+            Step::UserMount { mount, .. } => match mount {
+                ContainerMount::Bind {
+                    source,
+                    target,
+                    read_only,
+                    ..
+                } => write!(
+                    f,
+                    "bind mount {} on {} in the container{}",
+                    source.display(),
+                    target.display(),
+                    if *read_only { " (read-only)" } else { "" }
+                ),
+                ContainerMount::Tmpfs { target, .. } => {
+                    write!(f, "mount tmpfs on {} in the container", target.display())
+                }
+            },
             Step::PivotRoot { new_root } => write!(f, "pivot_root into {}", new_root.display()),
         }
     }
@@ -380,6 +470,13 @@ pub fn plan(layout: &RootfsLayout) -> Result<Vec<Step>, RootfsError> {
             None,
         ),
     ]);
+    // Parents before children, manifest order otherwise.
+    let mut mounts: Vec<&ContainerMount> = layout.mounts.iter().collect();
+    mounts.sort_by_key(|m| m.target().components().count());
+    steps.extend(mounts.into_iter().map(|m| Step::UserMount {
+        root: root.clone(),
+        mount: m.clone(),
+    }));
     for path in MASKED_PATHS {
         steps.push(Step::Mask {
             path: root.join(path),
@@ -414,6 +511,13 @@ pub trait Sys {
     fn mknod_char(&mut self, path: &Path, major: u64, minor: u64, mode: u32) -> io::Result<()>;
     /// symlink(2).
     fn symlink(&mut self, target: &Path, link: &Path) -> io::Result<()>;
+    /// Resolves `path` (following symlinks) and checks the result is inside `within`
+    /// (itself resolved); returns the resolved path and whether it is a directory.
+    fn resolve_within(&mut self, path: &Path, within: &Path) -> io::Result<(PathBuf, bool)>;
+    /// Creates mount point `target` (absolute, in the container) inside `root`, resolving each
+    /// component under `root` itself so that no symlink leads out of it; returns the host path
+    /// to mount on. `dir` says whether to create a directory or an empty file.
+    fn mount_point(&mut self, root: &Path, target: &Path, dir: bool) -> io::Result<PathBuf>;
     /// chdir(2).
     fn chdir(&mut self, path: &Path) -> io::Result<()>;
     /// pivot_root(2).
@@ -507,6 +611,7 @@ fn run_step(step: &Step, sys: &mut dyn Sys) -> io::Result<()> {
             )?;
             sys.mount(None, path, None, READONLY_REMOUNT, None)
         }
+        Step::UserMount { root, mount } => user_mount(root, mount, sys),
         Step::PivotRoot { new_root } => enter_root(new_root, sys),
     }
 }
@@ -519,6 +624,172 @@ pub const READONLY_REMOUNT: MsFlags = MsFlags::MS_BIND
     .union(MsFlags::MS_NOSUID)
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
+
+fn user_mount(root: &Path, mount: &ContainerMount, sys: &mut dyn Sys) -> io::Result<()> {
+    match mount {
+        ContainerMount::Bind {
+            source,
+            within,
+            target,
+            read_only,
+            ..
+        } => {
+            let (source, is_dir) = sys.resolve_within(source, within)?;
+            let at = sys.mount_point(root, target, is_dir)?;
+            let source = source.to_string_lossy();
+            sys.mount(
+                Some(&source),
+                &at,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            let mut flags =
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            if *read_only {
+                flags |= MsFlags::MS_RDONLY;
+            }
+            sys.mount(None, &at, None, flags, None)
+        }
+        ContainerMount::Tmpfs { target, size, mode } => {
+            let at = sys.mount_point(root, target, true)?;
+            let data = ContainerMount::tmpfs_data(*size, *mode);
+            sys.mount(
+                Some("tmpfs"),
+                &at,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                data.as_deref(),
+            )
+        }
+    }
+}
+
+/// Most symlinks followed while resolving one mount point (Linux's own limit).
+const MAX_SYMLINKS: usize = 40;
+
+/// Resolves `target` (an absolute container path) under the host directory `root`, creating
+/// missing components (directories; the last one an empty file when `dir` is false).
+///
+/// Every component is looked at with `lstat`; a symlink is resolved by hand relative to the
+/// container root (an absolute link target means `root`-relative), and one that climbs above
+/// `root` with `..` is refused rather than clamped, so a hostile image cannot make the
+/// runtime mount over a host path.
+pub fn resolve_mount_point(root: &Path, target: &Path, dir: bool) -> io::Result<PathBuf> {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let refuse = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+    let mut pending: VecDeque<std::ffi::OsString> = VecDeque::new();
+    for c in target.components() {
+        match c {
+            Component::Normal(p) => pending.push_back(p.to_os_string()),
+            Component::ParentDir => {
+                return Err(refuse(format!(
+                    "mount target {} contains `..`",
+                    target.display()
+                )))
+            }
+            _ => {}
+        }
+    }
+    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop_front() {
+        let here: PathBuf = root.join(resolved.iter().collect::<PathBuf>()).join(&part);
+        let last = pending.is_empty();
+        match std::fs::symlink_metadata(&here) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(refuse(format!(
+                        "too many symlinks resolving mount target {}",
+                        target.display()
+                    )));
+                }
+                let link = std::fs::read_link(&here)?;
+                if link.is_absolute() {
+                    resolved.clear();
+                }
+                let mut rest: Vec<std::ffi::OsString> = Vec::new();
+                for c in link.components() {
+                    match c {
+                        Component::Normal(p) => rest.push(p.to_os_string()),
+                        Component::ParentDir => rest.push("..".into()),
+                        _ => {}
+                    }
+                }
+                // Apply the link's `..` now, refusing any that leaves the root.
+                let mut expanded: VecDeque<std::ffi::OsString> = VecDeque::new();
+                for p in rest {
+                    if p == ".." {
+                        if expanded.pop_back().is_none() && resolved.pop().is_none() {
+                            return Err(refuse(format!(
+                                "mount target {}: symlink {} points outside the container root",
+                                target.display(),
+                                here.display()
+                            )));
+                        }
+                    } else {
+                        expanded.push_back(p);
+                    }
+                }
+                for p in expanded.into_iter().rev() {
+                    pending.push_front(p);
+                }
+            }
+            Ok(meta) => {
+                if !last && !meta.is_dir() {
+                    return Err(refuse(format!(
+                        "mount target {}: {} is not a directory",
+                        target.display(),
+                        here.display()
+                    )));
+                }
+                if last && meta.is_dir() != dir {
+                    return Err(refuse(format!(
+                        "mount target {} is a {} but the source is a {}",
+                        target.display(),
+                        if meta.is_dir() { "directory" } else { "file" },
+                        if dir { "directory" } else { "file" }
+                    )));
+                }
+                resolved.push(part);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if last && !dir {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&here)?;
+                } else {
+                    std::fs::create_dir(&here)?;
+                }
+                resolved.push(part);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(root.join(resolved.iter().collect::<PathBuf>()))
+}
+
+/// `path` with symlinks resolved, refused unless it lies inside `within` (also resolved).
+pub fn resolve_within(path: &Path, within: &Path) -> io::Result<(PathBuf, bool)> {
+    let base = std::fs::canonicalize(within)?;
+    let real = std::fs::canonicalize(path)?;
+    if !real.starts_with(&base) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} resolves to {}, outside {}; bind sources may not leave the state partition",
+                path.display(),
+                real.display(),
+                base.display()
+            ),
+        ));
+    }
+    let is_dir = std::fs::metadata(&real)?.is_dir();
+    Ok((real, is_dir))
+}
 
 /// The runc trick: pivot_root(".", ".") stacks the old root under the new one, and a lazy
 /// unmount of "." then drops it, with no put_old directory needed. There is deliberately no
@@ -597,6 +868,14 @@ impl Sys for RealSys {
 
     fn symlink(&mut self, target: &Path, link: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink(target, link)
+    }
+
+    fn resolve_within(&mut self, path: &Path, within: &Path) -> io::Result<(PathBuf, bool)> {
+        resolve_within(path, within)
+    }
+
+    fn mount_point(&mut self, root: &Path, target: &Path, dir: bool) -> io::Result<PathBuf> {
+        resolve_mount_point(root, target, dir)
     }
 
     fn chdir(&mut self, path: &Path) -> io::Result<()> {
@@ -743,6 +1022,23 @@ impl Sys for FakeSys {
             link.display(),
             target.display()
         ))
+    }
+    fn resolve_within(&mut self, path: &Path, within: &Path) -> io::Result<(PathBuf, bool)> {
+        self.record(format!(
+            "resolve_within {} {}",
+            path.display(),
+            within.display()
+        ))?;
+        Ok((path.to_path_buf(), true))
+    }
+    fn mount_point(&mut self, root: &Path, target: &Path, dir: bool) -> io::Result<PathBuf> {
+        self.record(format!(
+            "mount_point {} {} {}",
+            root.display(),
+            target.display(),
+            if dir { "dir" } else { "file" }
+        ))?;
+        Ok(root.join(target.strip_prefix("/").unwrap_or(target)))
     }
     fn chdir(&mut self, path: &Path) -> io::Result<()> {
         self.record(format!("chdir {}", path.display()))
@@ -1075,6 +1371,156 @@ mod tests {
         );
         assert!(sys.calls.last().unwrap().starts_with("mount sysfs"));
         assert!(!sys.calls.iter().any(|c| c.starts_with("pivot_root")));
+    }
+
+    fn with_mounts() -> RootfsLayout {
+        let mut l = layout();
+        l.mounts = vec![
+            ContainerMount::Bind {
+                source: PathBuf::from("/state/volumes/data"),
+                within: PathBuf::from("/state/volumes"),
+                target: PathBuf::from("/data/sub"),
+                read_only: false,
+                create: true,
+            },
+            ContainerMount::Tmpfs {
+                target: PathBuf::from("/tmp"),
+                size: Some(64 << 20),
+                mode: Some(0o1777),
+            },
+            ContainerMount::Bind {
+                source: PathBuf::from("/state/shared/x"),
+                within: PathBuf::from("/state"),
+                target: PathBuf::from("/data"),
+                read_only: true,
+                create: false,
+            },
+        ];
+        l
+    }
+
+    #[test]
+    fn user_mounts_come_after_the_pseudo_filesystems_parents_first() {
+        let mut sys = FakeSys::default();
+        apply(&plan(&with_mounts()).unwrap(), &mut sys).unwrap();
+        let start = sys
+            .calls
+            .iter()
+            .position(|c| c.starts_with("mount sysfs"))
+            .unwrap();
+        let user: Vec<&str> = sys.calls[start + 1..]
+            .iter()
+            // Masked and read-only kernel paths follow the user mounts.
+            .take_while(|c| !c.starts_with("chdir") && !c.contains("/proc/"))
+            .map(String::as_str)
+            .collect();
+        let root = "/state/containers/web/rootfs";
+        assert_eq!(
+            user,
+            [
+                "mount_point /state/containers/web/rootfs /tmp dir".to_string(),
+                format!("mount tmpfs {root}/tmp tmpfs MS_NOSUID|MS_NODEV mode=1777,size=67108864"),
+                "resolve_within /state/shared/x /state".to_string(),
+                format!("mount_point {root} /data dir"),
+                format!("mount /state/shared/x {root}/data - MS_BIND|MS_REC -"),
+                format!("mount - {root}/data - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_REMOUNT|MS_BIND -"),
+                "resolve_within /state/volumes/data /state/volumes".to_string(),
+                format!("mount_point {root} /data/sub dir"),
+                format!("mount /state/volumes/data {root}/data/sub - MS_BIND|MS_REC -"),
+                format!("mount - {root}/data/sub - MS_NOSUID|MS_NODEV|MS_REMOUNT|MS_BIND -"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bind_source_escaping_the_state_stops_the_plan() {
+        let mut sys = FakeSys {
+            failures: vec![("resolve_within /state/shared".into(), libc::EACCES)],
+            ..FakeSys::default()
+        };
+        let err = apply(&plan(&with_mounts()).unwrap(), &mut sys).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("bind mount /state/shared/x on /data"),
+            "{err}"
+        );
+        assert!(!sys.calls.iter().any(|c| c.contains("MS_BIND|MS_REC")));
+        assert!(!sys.calls.iter().any(|c| c.starts_with("pivot_root")));
+    }
+
+    #[test]
+    fn mount_points_are_created_inside_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("srv")).unwrap();
+        std::os::unix::fs::symlink("/srv", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../srv", root.join("srv/up")).unwrap();
+        std::os::unix::fs::symlink("../../outside", root.join("escape")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("etc-link")).unwrap();
+        std::fs::write(root.join("file"), "").unwrap();
+
+        let at = resolve_mount_point(&root, Path::new("/a/b"), true).unwrap();
+        assert_eq!(at, root.join("a/b"));
+        assert!(at.is_dir());
+        // Absolute links are resolved under the root, not on the host.
+        assert_eq!(
+            resolve_mount_point(&root, Path::new("/abs/data"), true).unwrap(),
+            root.join("srv/data")
+        );
+        assert_eq!(
+            resolve_mount_point(&root, Path::new("/srv/up/x"), true).unwrap(),
+            root.join("srv/x")
+        );
+        assert_eq!(
+            resolve_mount_point(&root, Path::new("/etc-link/f"), false).unwrap(),
+            root.join("etc/f")
+        );
+        assert!(root.join("etc/f").is_file());
+        let err = resolve_mount_point(&root, Path::new("/escape/x"), true).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("points outside the container root"),
+            "{err}"
+        );
+        assert!(!tmp.path().join("outside").exists());
+        let err = resolve_mount_point(&root, Path::new("/file/x"), true).unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+        let err = resolve_mount_point(&root, Path::new("/file"), true).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is a file but the source is a directory"),
+            "{err}"
+        );
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert!(resolve_mount_point(&root, Path::new("/loop"), true).is_err());
+    }
+
+    #[test]
+    fn bind_sources_must_resolve_inside_their_base() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        std::fs::create_dir_all(state.join("shared/x")).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), state.join("shared/out")).unwrap();
+        let (real, is_dir) = resolve_within(&state.join("shared/x"), &state).unwrap();
+        assert!(is_dir && real.ends_with("shared/x"));
+        let err = resolve_within(&state.join("shared/out"), &state).unwrap_err();
+        assert!(err.to_string().contains("outside"), "{err}");
+        assert!(resolve_within(&state.join("missing"), &state).is_err());
+    }
+
+    #[test]
+    fn prepare_creates_volume_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut l = RootfsLayout::for_container(tmp.path(), "web", &[tmp.path().join("layer")]);
+        l.mounts.push(ContainerMount::Bind {
+            source: tmp.path().join("volumes/data"),
+            within: tmp.path().join("volumes"),
+            target: PathBuf::from("/data"),
+            read_only: false,
+            create: true,
+        });
+        l.prepare_host_dirs().unwrap();
+        assert!(tmp.path().join("volumes/data").is_dir());
     }
 
     #[test]

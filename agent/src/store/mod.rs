@@ -1,6 +1,7 @@
 //! OCI image store on the state partition.
 //!
-//! Images arrive as OCI image layouts and are kept as:
+//! Images arrive as OCI image layouts (or archives converted to one, see [`archive`]) and are
+//! kept as:
 //! ```text
 //! blobs/sha256/<hex>    blobs, verified against digest and size before they are stored
 //! layers/<chain-id hex>/ unpacked layers (overlay lowerdirs), named by OCI ChainID, shared
@@ -11,6 +12,7 @@
 //! crash never leaves a half blob, half layer or half ref where readers look. A layer
 //! directory that already exists is reused, never unpacked twice.
 
+pub mod archive;
 pub mod blobs;
 pub mod digest;
 pub mod layerfs;
@@ -152,6 +154,15 @@ pub enum StoreError {
         /// What went wrong.
         #[source]
         source: UnpackError,
+    },
+    /// An image archive could not be extracted or converted.
+    #[error("image archive {}", path.display())]
+    Archive {
+        /// The archive file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: archive::ArchiveError,
     },
     /// No image has this name.
     #[error("no image named `{name}` in the store at {}; import it first", root.display())]
@@ -318,6 +329,70 @@ impl Store {
             manifest_digest,
             config: image_config(&config),
             layer_dirs,
+        })
+    }
+
+    /// Import an image from `path` in the given format (the entry point for manifest sources).
+    pub fn import(
+        &self,
+        name: &str,
+        format: crate::manifest::ImageFormat,
+        path: &Path,
+    ) -> Result<StoredImage, StoreError> {
+        use crate::manifest::ImageFormat;
+        match format {
+            ImageFormat::OciLayout => self.import_oci_layout(name, path),
+            ImageFormat::OciArchive => self.import_oci_archive(name, path),
+            ImageFormat::DockerArchive => self.import_docker_archive(name, path),
+        }
+    }
+
+    /// Import a tar of an OCI image layout: extracted safely into `tmp/`, then imported as a
+    /// layout (every blob verified), then the extraction is removed.
+    pub fn import_oci_archive(
+        &self,
+        name: &str,
+        archive: &Path,
+    ) -> Result<StoredImage, StoreError> {
+        refs::validate_name(name)?;
+        let work = self.staging.file_path("oci-archive");
+        let result = self
+            .extract_archive(archive, &work)
+            .and_then(|()| self.import_oci_layout(name, &work));
+        let _ = remove_tree(&work);
+        result
+    }
+
+    /// Import a `docker save` archive: extracted safely into `tmp/`, converted to an OCI
+    /// layout (each layer checked against the config's `rootfs.diff_ids`), then imported as a
+    /// layout.
+    pub fn import_docker_archive(
+        &self,
+        name: &str,
+        archive: &Path,
+    ) -> Result<StoredImage, StoreError> {
+        refs::validate_name(name)?;
+        let work = self.staging.file_path("docker-archive");
+        let layout = self.staging.file_path("docker-layout");
+        let result = self
+            .extract_archive(archive, &work)
+            .and_then(|()| {
+                archive::docker_to_layout(&work, &layout).map_err(|source| StoreError::Archive {
+                    path: archive.to_path_buf(),
+                    source,
+                })
+            })
+            .and_then(|()| self.import_oci_layout(name, &layout));
+        let _ = remove_tree(&work);
+        let _ = remove_tree(&layout);
+        result
+    }
+
+    fn extract_archive(&self, archive: &Path, work: &Path) -> Result<(), StoreError> {
+        fs::create_dir(work).map_err(io_err("create", work))?;
+        archive::extract(archive, work).map_err(|source| StoreError::Archive {
+            path: archive.to_path_buf(),
+            source,
         })
     }
 

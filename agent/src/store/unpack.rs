@@ -333,7 +333,7 @@ pub fn unpack_layer<R: Read>(
 }
 
 /// Turns a tar entry name into a path relative to the layer root, refusing escapes.
-fn relative_path(raw: &str) -> Result<PathBuf, UnpackError> {
+pub(crate) fn relative_path(raw: &str) -> Result<PathBuf, UnpackError> {
     let mut out = PathBuf::new();
     for component in Path::new(raw).components() {
         match component {

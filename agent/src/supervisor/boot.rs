@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::manifest::{Location, Manifest, ManifestError};
+use crate::manifest::{rules, Location, Manifest, ManifestError, MountDecl};
 use crate::runtime::cgroup::CgroupLimits;
+use crate::runtime::rootfs::ContainerMount;
 use crate::runtime::{self, rlimit, InitConfig, RootfsLayout, SpecError};
 use crate::store::{Store, StoreError};
 
@@ -47,7 +48,7 @@ pub enum BootError {
         source: Box<StoreError>,
     },
     /// An image failed to import.
-    #[error("{at}: image {name:?}: cannot import the OCI layout {layout}")]
+    #[error("{at}: image {name:?}: cannot import {}", layout.display())]
     Import {
         /// Manifest location of the image's `source`.
         at: String,
@@ -121,6 +122,50 @@ pub fn containers_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("containers")
 }
 
+/// Named volumes below the state directory (`STATE/volumes/NAME`).
+pub fn volumes_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("volumes")
+}
+
+/// The runtime form of a manifest mount. Bind sources are written as paths of the state
+/// partition (`/var/lib/berth/...`) and mapped onto `state_dir`, which is the same directory
+/// on a berth host and a temporary one in tests.
+pub fn container_mount(decl: &MountDecl, state_dir: &Path) -> ContainerMount {
+    match decl {
+        MountDecl::Volume {
+            name,
+            target,
+            read_only,
+        } => ContainerMount::Bind {
+            source: volumes_dir(state_dir).join(name),
+            within: volumes_dir(state_dir),
+            target: PathBuf::from(target),
+            read_only: *read_only,
+            create: true,
+        },
+        MountDecl::Bind {
+            source,
+            target,
+            read_only,
+        } => ContainerMount::Bind {
+            source: state_dir.join(
+                source
+                    .strip_prefix(rules::STATE_PARTITION)
+                    .unwrap_or(source.as_path()),
+            ),
+            within: state_dir.to_path_buf(),
+            target: PathBuf::from(target),
+            read_only: *read_only,
+            create: false,
+        },
+        MountDecl::Tmpfs { target, size, mode } => ContainerMount::Tmpfs {
+            target: PathBuf::from(target),
+            size: *size,
+            mode: *mode,
+        },
+    }
+}
+
 /// Load `manifest_path`, import its images (layouts relative to the manifest's directory) into
 /// `STATE/store`, and plan every container.
 pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError> {
@@ -139,7 +184,7 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
     })?;
     for image in &images {
         store
-            .import_oci_layout(&image.name, &image.layout)
+            .import(&image.name, image.format, &image.layout)
             .map_err(|source| BootError::Import {
                 at: at(&manifest, &format!("images.{}.source", image.name)),
                 name: image.name.clone(),
@@ -176,16 +221,22 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
                     source,
                 }
             })?;
+        let mut rootfs = RootfsLayout::for_container(&containers, name, &image.layer_dirs);
+        rootfs.mounts = spec
+            .mounts
+            .iter()
+            .map(|m| container_mount(m, state_dir))
+            .collect();
         plans.push(ContainerPlan {
             name: name.clone(),
             init: InitConfig {
                 name: name.clone(),
                 process,
-                rootfs: RootfsLayout::for_container(&containers, name, &image.layer_dirs),
                 limits: CgroupLimits::from_manifest(&spec.limits),
                 rlimits: rlimit::from_manifest(&spec.limits),
                 cgroup: None,
                 security,
+                rootfs,
             },
             stop_signal,
             stop_timeout: spec.stop_timeout,

@@ -247,6 +247,7 @@ mod tests {
             cap_drop: vec![],
             seccomp: SeccompProfile::Default,
             read_only: false,
+            mounts: Vec::new(),
         }
     }
 

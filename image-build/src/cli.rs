@@ -143,7 +143,14 @@ mod tests {
     #[test]
     fn disk_formats_combine() {
         let cli = parse(&[
-            "build", "m.toml", "--out", "o", "--format", "raw,qcow2", "--disk-size", "2G",
+            "build",
+            "m.toml",
+            "--out",
+            "o",
+            "--format",
+            "raw,qcow2",
+            "--disk-size",
+            "2G",
         ])
         .unwrap();
         let Command::Build(b) = cli.command else {

@@ -308,7 +308,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("{text:?} is not a size (e.g. 320M, 2G)"))?;
-    let mult = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let mult = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" => 1,
         "K" => 1024,
         "M" => MIB,

@@ -265,7 +265,9 @@ mod tests {
     fn a_real_stub_gets_the_sections() {
         let stub = Path::new(DEFAULT_STUB);
         if !stub.exists() || Command::new("objcopy").arg("--version").output().is_err() {
-            eprintln!("skipped: no {DEFAULT_STUB} or objcopy (apt-get install systemd-boot-efi binutils)");
+            eprintln!(
+                "skipped: no {DEFAULT_STUB} or objcopy (apt-get install systemd-boot-efi binutils)"
+            );
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -275,7 +277,11 @@ mod tests {
         std::fs::write(&initrd, vec![0xCD; 5000]).unwrap();
         let out = dir.path().join("uki.efi");
         build(stub, &kernel, &initrd, CMDLINE, dir.path(), &out).unwrap();
-        let dump = Command::new("objdump").arg("-h").arg(&out).output().unwrap();
+        let dump = Command::new("objdump")
+            .arg("-h")
+            .arg(&out)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&dump.stdout);
         for name in [".osrel", ".cmdline", ".linux", ".initrd"] {
             assert!(text.contains(name), "{name} missing:\n{text}");

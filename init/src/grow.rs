@@ -94,7 +94,9 @@ fn header_valid(h: &[u8]) -> Result<usize, GrowError> {
     }
     let size = u32_at(h, 12) as usize;
     if !(92..=512).contains(&size) {
-        return Err(GrowError::BadTable(format!("GPT header size {size} is invalid")));
+        return Err(GrowError::BadTable(format!(
+            "GPT header size {size} is invalid"
+        )));
     }
     let mut copy = h.to_vec();
     seal_header(&mut copy, size);
@@ -155,7 +157,9 @@ pub fn grow_gpt<D: Read + Write + Seek>(
     }
     let mut array = read_at(disk, array_lba * SECTOR, array_len as usize)?;
     if crc32fast::hash(&array) != u32_at(&primary, 88) {
-        return Err(GrowError::BadTable("GPT partition array CRC32 mismatch".into()));
+        return Err(GrowError::BadTable(
+            "GPT partition array CRC32 mismatch".into(),
+        ));
     }
     let index = u64::from(partno.saturating_sub(1));
     if partno == 0 || index >= entries {
@@ -313,7 +317,9 @@ pub fn grow_partition(
     part: &str,
 ) -> Result<Option<Growth>, GrowError> {
     let (disk_name, partno) = parent_disk(sys_class_block, part)?;
-    let queue = sys_class_block.join(&disk_name).join("queue/logical_block_size");
+    let queue = sys_class_block
+        .join(&disk_name)
+        .join("queue/logical_block_size");
     if let Ok(size) = fs::read_to_string(&queue) {
         if size.trim() != "512" {
             return Err(GrowError::BadTable(format!(
@@ -326,7 +332,10 @@ pub fn grow_partition(
     let disk_path = dev.join(&disk_name);
     let mut disk = io(
         format!("open {}", disk_path.display()),
-        fs::OpenOptions::new().read(true).write(true).open(&disk_path),
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk_path),
     )?;
     let growth = grow_gpt(&mut disk, sectors, partno)?;
     if let Some(g) = &growth {
@@ -454,7 +463,10 @@ mod tests {
         assert_eq!(u64_at(&b, 72), 8191 - 32);
         assert_eq!(u64_at(&d, 1024 + 128 + 40), 8192 - 34);
         assert_eq!(u64_at(&d, 1024 + 40), 2559, "the ESP is untouched");
-        assert!(d[4095 * 512..4096 * 512].iter().all(|b| *b == 0), "old backup cleared");
+        assert!(
+            d[4095 * 512..4096 * 512].iter().all(|b| *b == 0),
+            "old backup cleared"
+        );
         assert_eq!(u32_at(&d, 446 + 12), 8191);
         // A second run finds nothing to do.
         let mut cur = Cursor::new(d);
@@ -466,7 +478,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         fs::write(&path, disk(8192, 4096, &[(2048, 4096 - 34)])).unwrap();
-        let mut f = fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
         let g = grow_gpt(&mut f, 8192, 1).unwrap().unwrap();
         assert_eq!(g.new_sectors, 8192 - 34 - 2048 + 1);
         drop(f);

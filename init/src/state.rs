@@ -294,10 +294,7 @@ fn grow_before_mount(device: &Path, log: &dyn Fn(&str)) -> Option<crate::grow::G
 /// Resizes the mounted state filesystem to the grown partition.
 fn resize_after_mount(g: &crate::grow::Growth, log: &dyn Fn(&str)) {
     let mib = |sectors: u64| sectors * crate::grow::SECTOR / (1024 * 1024);
-    match crate::grow::resize_ext4(
-        Path::new(STATE_DIR),
-        g.new_sectors * crate::grow::SECTOR,
-    ) {
+    match crate::grow::resize_ext4(Path::new(STATE_DIR), g.new_sectors * crate::grow::SECTOR) {
         Ok(()) => log(&format!(
             "state partition grown from {} to {} MiB",
             mib(g.old_sectors),

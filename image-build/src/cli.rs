@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// berth image builder.
 #[derive(Debug, Parser)]
@@ -48,6 +48,28 @@ pub struct BuildArgs {
     /// berthctl (default: the workspace's static release build).
     #[arg(long, value_name = "PATH")]
     pub berthctl: Option<PathBuf>,
+    /// What to write (comma-separated): `initramfs` (vmlinuz + initramfs.img), `raw`
+    /// (disk.raw) and/or `qcow2` (disk.qcow2), the disks being UEFI-bootable GPT images.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "initramfs")]
+    pub format: Vec<Format>,
+    /// Total size of disk images (e.g. 320M, 2G); the state partition gets what the ESP
+    /// leaves, and grows to fill a larger disk on first boot.
+    #[arg(long, value_name = "SIZE", value_parser = crate::disk::parse_size, default_value = "320M")]
+    pub disk_size: u64,
+    /// The systemd EFI stub the UKI is built from (package systemd-boot-efi).
+    #[arg(long, value_name = "PATH", default_value = crate::uki::DEFAULT_STUB)]
+    pub efi_stub: PathBuf,
+}
+
+/// An output format of `berth-image build`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// vmlinuz + initramfs.img, for direct kernel boot.
+    Initramfs,
+    /// disk.raw: a GPT disk with an ESP (UKI) and the state partition.
+    Raw,
+    /// disk.qcow2: the same disk as qcow2.
+    Qcow2,
 }
 
 /// `berth-image oci`.
@@ -113,7 +135,31 @@ mod tests {
         assert_eq!(b.out, PathBuf::from("o"));
         assert_eq!(b.kernel, Some(PathBuf::from("bz")));
         assert_eq!(b.init, None);
+        assert_eq!(b.format, [Format::Initramfs]);
+        assert_eq!(b.disk_size, 320 * 1024 * 1024);
         assert!(parse(&["build", "m.toml"]).is_err(), "--out is required");
+    }
+
+    #[test]
+    fn disk_formats_combine() {
+        let cli = parse(&[
+            "build",
+            "m.toml",
+            "--out",
+            "o",
+            "--format",
+            "raw,qcow2",
+            "--disk-size",
+            "2G",
+        ])
+        .unwrap();
+        let Command::Build(b) = cli.command else {
+            panic!("not build")
+        };
+        assert_eq!(b.format, [Format::Raw, Format::Qcow2]);
+        assert_eq!(b.disk_size, 2 << 30);
+        assert!(parse(&["build", "m.toml", "--out", "o", "--format", "iso"]).is_err());
+        assert!(parse(&["build", "m.toml", "--out", "o", "--disk-size", "lots"]).is_err());
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use berth_agent::manifest::{Manifest, ManifestError};
 
 use crate::binaries::{self, BinaryError, Overrides};
+use crate::cli::Format;
+use crate::disk::{self, DiskError, DiskInputs};
 use crate::initramfs::{self, ImageInput, InitramfsError, Inputs};
 use crate::progress::Progress;
 use crate::staging::{self, Staging, StagingError};
@@ -19,8 +21,12 @@ use crate::staging::{self, Staging, StagingError};
 pub const KERNEL_FILE: &str = "vmlinuz";
 /// The initramfs's name in the output directory.
 pub const INITRAMFS_FILE: &str = "initramfs.img";
+/// The raw disk image's name in the output directory.
+pub const RAW_FILE: &str = "disk.raw";
+/// The qcow2 disk image's name in the output directory.
+pub const QCOW2_FILE: &str = "disk.qcow2";
 /// Everything `build` writes (an existing output holding only these may be replaced).
-pub const OUTPUTS: [&str; 2] = [KERNEL_FILE, INITRAMFS_FILE];
+pub const OUTPUTS: [&str; 4] = [KERNEL_FILE, INITRAMFS_FILE, RAW_FILE, QCOW2_FILE];
 
 /// Errors of `berth-image build`.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +68,18 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// A disk image could not be made.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// A scratch directory for the disk image could not be made.
+    #[error("cannot create a scratch directory in {}", path.display())]
+    Scratch {
+        /// Where.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// `SOURCE_DATE_EPOCH` does not fit the archive's 32-bit mtime.
     #[error("SOURCE_DATE_EPOCH={0} is after 2106 and does not fit a cpio mtime")]
     Epoch(u64),
@@ -83,6 +101,29 @@ pub struct BuildRequest {
     /// `SOURCE_DATE_EPOCH`: entry mtimes and the recorded build time. When unset, mtimes are
     /// 0 and the build time is the current time.
     pub source_date_epoch: Option<u64>,
+    /// Output formats and disk image settings.
+    pub disk: DiskOptions,
+}
+
+/// Which outputs to write and how to make disk images.
+#[derive(Debug, Clone)]
+pub struct DiskOptions {
+    /// The formats (`initramfs`, `raw`, `qcow2`).
+    pub formats: Vec<Format>,
+    /// Total disk image size in bytes.
+    pub disk_size: u64,
+    /// The systemd EFI stub.
+    pub efi_stub: PathBuf,
+}
+
+impl Default for DiskOptions {
+    fn default() -> Self {
+        DiskOptions {
+            formats: vec![Format::Initramfs],
+            disk_size: disk::DEFAULT_DISK_SIZE,
+            efi_stub: PathBuf::from(crate::uki::DEFAULT_STUB),
+        }
+    }
 }
 
 /// A file the build wrote.
@@ -185,27 +226,85 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<Vec<Written>, Bu
     let archive = initramfs::assemble(&inputs)?;
 
     let stage = Staging::new(&req.out)?;
+    let formats = &req.disk.formats;
+    let want = |f: Format| formats.contains(&f);
+    let disks = want(Format::Raw) || want(Format::Qcow2);
+    // Without the initramfs format, kernel and initramfs are only inputs of the disk image.
+    let scratch = if disks {
+        Some(
+            tempfile::Builder::new()
+                .prefix(".scratch-")
+                .tempdir_in(stage.path())
+                .map_err(|source| BuildError::Scratch {
+                    path: stage.path().to_path_buf(),
+                    source,
+                })?,
+        )
+    } else {
+        None
+    };
+    let boot_dir = match (&scratch, want(Format::Initramfs)) {
+        (Some(s), false) => s.path().to_path_buf(),
+        _ => stage.path().to_path_buf(),
+    };
     progress.step(&format!("copying the kernel {}", kernel.display()));
-    let kernel_out = stage.path().join(KERNEL_FILE);
+    let kernel_out = boot_dir.join(KERNEL_FILE);
     std::fs::copy(kernel, &kernel_out).map_err(|source| BuildError::CopyKernel {
         from: kernel.to_path_buf(),
         to: kernel_out.clone(),
         source,
     })?;
     let kernel_size = std::fs::metadata(&kernel_out).map(|m| m.len()).unwrap_or(0);
-    let initramfs_size =
-        initramfs::write_gz(&archive, &stage.path().join(INITRAMFS_FILE), progress)?;
+    let initramfs_out = boot_dir.join(INITRAMFS_FILE);
+    let initramfs_size = initramfs::write_gz(&archive, &initramfs_out, progress)?;
+    let mut written = Vec::new();
+    if want(Format::Initramfs) {
+        written.push((KERNEL_FILE, kernel_size));
+        written.push((INITRAMFS_FILE, initramfs_size));
+    }
+    if let Some(scratch) = &scratch {
+        progress.step("building the UEFI disk image (UKI, ESP, state partition)");
+        let inputs = DiskInputs {
+            kernel: kernel_out,
+            initramfs: initramfs_out,
+            manifest: req.manifest.clone(),
+            stub: req.disk.efi_stub.clone(),
+            disk_size: req.disk.disk_size,
+            seed: build_info(req.source_date_epoch).into_bytes(),
+        };
+        let raw = if want(Format::Raw) {
+            stage.path().join(RAW_FILE)
+        } else {
+            scratch.path().join(RAW_FILE)
+        };
+        disk::build_raw(&inputs, scratch.path(), &raw)?;
+        if want(Format::Raw) {
+            written.push((RAW_FILE, file_size(&raw)));
+        }
+        if want(Format::Qcow2) {
+            progress.step("converting the disk image to qcow2");
+            let qcow2 = stage.path().join(QCOW2_FILE);
+            disk::convert_qcow2(&raw, &qcow2)?;
+            written.push((QCOW2_FILE, file_size(&qcow2)));
+        }
+    }
+    drop(scratch);
     stage.commit()?;
-    Ok(vec![
-        Written {
-            path: req.out.join(KERNEL_FILE),
-            size: kernel_size,
-        },
-        Written {
-            path: req.out.join(INITRAMFS_FILE),
-            size: initramfs_size,
-        },
-    ])
+    Ok(written
+        .into_iter()
+        .map(|(name, size)| Written {
+            path: req.out.join(name),
+            size,
+        })
+        .collect())
+}
+
+/// Bytes a file occupies on disk (disk images are sparse), or its length when unknown.
+fn file_size(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| (m.blocks() * 512).min(m.len()))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -253,6 +352,7 @@ mod tests {
                 binaries: Overrides::default(),
                 roots: vec![root.join("ws")],
                 source_date_epoch: Some(1_700_000_000),
+                disk: DiskOptions::default(),
             }
         }
     }

@@ -47,6 +47,11 @@ fn run(cli: Cli) -> Result<(), MainError> {
                 },
                 roots: binaries::default_roots(),
                 source_date_epoch: source_date_epoch()?,
+                disk: image::DiskOptions {
+                    formats: args.format,
+                    disk_size: args.disk_size,
+                    efi_stub: args.efi_stub,
+                },
             };
             let written = image::build(&req, &progress)?;
             let width = written

@@ -7,6 +7,7 @@
 mod agent;
 mod cmdline;
 mod console;
+mod grow;
 mod mounts;
 mod pid1;
 mod power_button;

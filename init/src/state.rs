@@ -238,6 +238,11 @@ pub fn setup(log: &dyn Fn(&str)) -> StateMode {
         Poll::default(),
     ) {
         Some((device, how)) => {
+            // Only a GPT partition can grow; a bare ext4 disk is used as it is.
+            let growth = match how {
+                Match::PartName => grow_before_mount(&device, log),
+                Match::FsLabel => None,
+            };
             let how = match how {
                 Match::PartName => "GPT partition name",
                 Match::FsLabel => "ext4 label",
@@ -248,6 +253,10 @@ pub fn setup(log: &dyn Fn(&str)) -> StateMode {
                         "state partition {} ({how} {STATE_LABEL}) mounted at {STATE_DIR}",
                         device.display()
                     ));
+                    if let Some(g) = growth {
+                        resize_after_mount(&g, log);
+                    }
+                    log_boot_count(Path::new(STATE_DIR), log);
                     return StateMode::Persistent;
                 }
                 Err(e) => format!("the state partition could not be mounted ({e})"),
@@ -263,7 +272,70 @@ pub fn setup(log: &dyn Fn(&str)) -> StateMode {
     log(&format!(
         "warning: {reason}; {STATE_DIR} is a tmpfs: state is EPHEMERAL and lost at power-off"
     ));
+    log_boot_count(Path::new(STATE_DIR), log);
     StateMode::Ephemeral
+}
+
+/// Grows the state partition to the end of its disk (first boot on a larger disk).
+fn grow_before_mount(device: &Path, log: &dyn Fn(&str)) -> Option<crate::grow::Growth> {
+    let name = device.file_name()?.to_str()?;
+    match crate::grow::grow_partition(Path::new("/sys/class/block"), Path::new("/dev"), name) {
+        Ok(growth) => growth,
+        Err(e) => {
+            log(&format!(
+                "warning: cannot grow the state partition {}: {e}",
+                device.display()
+            ));
+            None
+        }
+    }
+}
+
+/// Resizes the mounted state filesystem to the grown partition.
+fn resize_after_mount(g: &crate::grow::Growth, log: &dyn Fn(&str)) {
+    let mib = |sectors: u64| sectors * crate::grow::SECTOR / (1024 * 1024);
+    match crate::grow::resize_ext4(Path::new(STATE_DIR), g.new_sectors * crate::grow::SECTOR) {
+        Ok(()) => log(&format!(
+            "state partition grown from {} to {} MiB",
+            mib(g.old_sectors),
+            mib(g.new_sectors)
+        )),
+        Err(e) => log(&format!(
+            "warning: the state partition grew to {} MiB but its filesystem could not: {e}",
+            mib(g.new_sectors)
+        )),
+    }
+}
+
+/// Name of the boot counter file in the state directory.
+pub const BOOT_COUNT_FILE: &str = "boot-count";
+
+/// Increments the boot counter in `dir` (a missing or unreadable counter counts as 0) and
+/// returns the new value. Written to a temporary file and renamed, so a crash never leaves a
+/// torn counter.
+pub fn bump_boot_count(dir: &Path) -> std::io::Result<u64> {
+    let path = dir.join(BOOT_COUNT_FILE);
+    let previous = fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let count = previous.saturating_add(1);
+    let tmp = dir.join(format!(".{BOOT_COUNT_FILE}.tmp"));
+    let mut file = fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut file, format!("{count}\n").as_bytes())?;
+    file.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    Ok(count)
+}
+
+fn log_boot_count(dir: &Path, log: &dyn Fn(&str)) {
+    match bump_boot_count(dir) {
+        Ok(n) => log(&format!("boot={n}")),
+        Err(e) => log(&format!(
+            "warning: cannot update {}: {e}",
+            dir.join(BOOT_COUNT_FILE).display()
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -371,6 +443,20 @@ mod tests {
         let (dev, how) = find_state_device(&root.join("sys"), &root.join("dev")).unwrap();
         assert_eq!(dev, root.join("dev/vdc"));
         assert_eq!(how, Match::FsLabel);
+    }
+
+    #[test]
+    fn boot_count_increments_and_survives_garbage() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(bump_boot_count(tmp.path()).unwrap(), 1);
+        assert_eq!(bump_boot_count(tmp.path()).unwrap(), 2);
+        assert_eq!(
+            fs::read_to_string(tmp.path().join(BOOT_COUNT_FILE)).unwrap(),
+            "2\n"
+        );
+        fs::write(tmp.path().join(BOOT_COUNT_FILE), "junk").unwrap();
+        assert_eq!(bump_boot_count(tmp.path()).unwrap(), 1);
+        assert!(bump_boot_count(&tmp.path().join("missing")).is_err());
     }
 
     #[test]

@@ -127,6 +127,37 @@ impl Guest {
         if !options.append.is_empty() {
             cmd.arg("--append").arg(&options.append);
         }
+        Guest::spawn(cmd, launcher, dir, qmp)
+    }
+
+    /// Boot the GPT disk image `disk` (qcow2 or raw) under OVMF UEFI firmware (TCG) through
+    /// `qemu/boot --uefi`; `limit` bounds the whole QEMU run. The disk is used in place, so
+    /// state written by the guest persists into the next boot of the same file.
+    pub fn boot_disk(disk: &Path, limit: Duration) -> Result<Guest, BootError> {
+        let dir = TempDir::new("berth-boot").map_err(|source| BootError::Spawn {
+            program: "mktemp".into(),
+            source,
+        })?;
+        let qmp = dir.0.join("qmp.sock");
+        let launcher = workspace_root().join("qemu/boot");
+        let mut cmd = Command::new(&launcher);
+        cmd.arg(disk.parent().unwrap_or(Path::new(".")))
+            .arg("--uefi")
+            .arg("--disk-image")
+            .arg(disk)
+            .arg("--timeout")
+            .arg(limit.as_secs().max(1).to_string())
+            .arg("--qmp")
+            .arg(&qmp);
+        Guest::spawn(cmd, launcher, dir, qmp)
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        launcher: PathBuf,
+        dir: TempDir,
+        qmp: PathBuf,
+    ) -> Result<Guest, BootError> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -60,6 +60,7 @@ const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
     ("wrong-type-command.toml", 8, 11, ErrorKind::WrongType, "wrong type for `command`: found string \"httpd -f\", expected an array"),
     ("wrong-type-env-value.toml", 8, 16, ErrorKind::WrongType, "wrong type for `PORT`"),
     ("wrong-type-read-only.toml", 8, 13, ErrorKind::WrongType, "wrong type for `read_only`"),
+    ("wrong-type-userns.toml", 8, 10, ErrorKind::WrongType, "wrong type for `userns`: found integer `1`, expected a boolean"),
     ("wrong-type-image-table.toml", 4, 11, ErrorKind::WrongType, "expected a table like `{ source = \"oci-layout:images/NAME\" }`"),
     ("bad-stop-signal.toml", 8, 15, ErrorKind::InvalidValue, "container \"web\": `stop_signal` \"SIGSTOPP\" is not a signal"),
     ("cpus-zero.toml", 8, 8, ErrorKind::InvalidValue, "`cpus` is 0; it must be more than 0"),
@@ -147,8 +148,9 @@ fn security_keys_are_read() {
     assert_eq!(locked.cap_drop, ["ALL"]);
     assert_eq!(locked.cap_add, ["net_bind_service", "CAP_KILL"]);
     assert_eq!(locked.seccomp, SeccompProfile::Default);
-    assert!(locked.read_only);
+    assert!(locked.read_only && locked.userns);
     let admin = &m.containers["admin"];
+    assert!(!admin.userns);
     assert_eq!(admin.seccomp, SeccompProfile::Unconfined);
     assert!(!admin.read_only && admin.cap_drop.is_empty());
 }

@@ -15,8 +15,12 @@ use std::thread::JoinHandle;
 use berth_agent::runtime::init::EXIT_SETUP_FAILED;
 use berth_agent::runtime::output::copy_lines;
 use berth_agent::runtime::security::{capabilities, SeccompProfile, SecuritySpec};
+use berth_agent::runtime::userns::IdMap;
 use berth_agent::runtime::{self, InitConfig, InitProgram, ProcessSpec, RootfsLayout};
+use berth_agent::store::layerfs::HostLayerFs;
+use berth_agent::store::shift::copy_shifted;
 use nix::sys::wait::waitpid;
+use std::os::unix::fs::MetadataExt;
 
 /// Reaping is process-wide: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -99,11 +103,28 @@ fn collect(name: &str, fd: OwnedFd) -> JoinHandle<Vec<String>> {
 
 /// Run `script` in a container; (exit code, stdout lines, stderr lines).
 fn run(script: &str, security: SecuritySpec) -> (i32, Vec<String>, Vec<String>) {
+    let (code, out, err, _state) = run_keeping_state(script, security);
+    (code, out, err)
+}
+
+/// [`run`], also returning the state directory (with the container's upper directory).
+fn run_keeping_state(
+    script: &str,
+    security: SecuritySpec,
+) -> (i32, Vec<String>, Vec<String>, tempfile::TempDir) {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     runtime::become_subreaper().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let layer = image_layer(tmp.path());
-    let cfg = config(tmp.path(), "sec", &layer, script, security);
+    let mut layer = image_layer(tmp.path());
+    if let Some(map) = security.userns {
+        // What the store does for a `userns = true` container.
+        let shifted = tmp.path().join("layer-shifted");
+        copy_shifted(&layer, &shifted, &map, &HostLayerFs).unwrap();
+        layer = shifted;
+    }
+    let owner = security.userns.map(|m| m.host);
+    let mut cfg = config(tmp.path(), "sec", &layer, script, security);
+    cfg.rootfs.owner = owner;
     cfg.rootfs.prepare_host_dirs().unwrap();
     let launched = runtime::launch(&InitProgram::berthd(env!("CARGO_BIN_EXE_berthd")), &cfg)
         .unwrap_or_else(|e| panic!("launch: {e}"));
@@ -119,7 +140,7 @@ fn run(script: &str, security: SecuritySpec) -> (i32, Vec<String>, Vec<String>) 
         .map(str::to_string)
         .collect();
     assert!(leaked.is_empty(), "{leaked:#?}");
-    (code, out.join().unwrap(), err.join().unwrap())
+    (code, out.join().unwrap(), err.join().unwrap(), tmp)
 }
 
 fn status_field(lines: &[String], field: &str) -> String {
@@ -281,4 +302,38 @@ fn unknown_user_is_a_setup_error_naming_container_and_user() {
         err.to_string(),
         "container=who: unable to find user \"bob\": no matching entry in the image's /etc/passwd"
     );
+}
+
+#[test]
+fn user_namespace_maps_container_root_to_an_unprivileged_host_range() {
+    let security = SecuritySpec {
+        userns: Some(IdMap::DEFAULT),
+        ..SecuritySpec::default()
+    };
+    let (code, out, err, state) = run_keeping_state(
+        "id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map; \
+         echo data > /etc/written && echo wrote; grep CapEff /proc/self/status; \
+         touch /proc/sysrq-trigger 2>/dev/null && echo proc-writable; true",
+        security,
+    );
+    assert_eq!(code, 0, "{out:#?} {err:#?}");
+    assert_eq!(out[0], "0", "root inside: {out:#?}");
+    assert_eq!(out[1], "0", "{out:#?}");
+    let maps: Vec<Vec<&str>> = out[2..4]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(maps, vec![vec!["0", "100000", "65536"]; 2], "{out:#?}");
+    assert!(
+        out.contains(&"wrote".to_string()),
+        "root can write its image: {out:#?} {err:#?}"
+    );
+    // Docker's default set, held inside the namespace only.
+    assert_eq!(status_field(&out, "CapEff"), "00000000a80425fb");
+    assert!(!out.contains(&"proc-writable".to_string()), "{out:#?}");
+    // On the host the file belongs to the mapped range, not to root.
+    let written = state.path().join("containers/sec/upper/etc/written");
+    let meta = fs::metadata(&written).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (100_000, 100_000));
+    assert_eq!(fs::read_to_string(written).unwrap(), "data\n");
 }

@@ -54,6 +54,19 @@ echo waiting
 while true; do sleep 0.2; done
 """]
 
+# Isolation and process security inside the real image, in a user namespace.
+[containers.isolated]
+image = "busybox"
+userns = true
+command = ["/bin/sh", "-c", """
+echo "uid_map: $(cat /proc/self/uid_map)"
+echo "status: $(grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\t\n' '  ')"
+echo "pids: $(ls /proc | grep -c '^[0-9]')"
+echo "hostname: $(cat /proc/sys/kernel/hostname)"
+mount -t tmpfs none /mnt 2>/dev/null && echo "mount: allowed" || echo "mount: refused"
+echo probe > /written && echo "rootfs: writable as $(id -u)"
+"""]
+
 # Ignores SIGTERM (PID 1 without a trap): killed after its 1 s stop_timeout.
 [containers.stubborn]
 image = "busybox"
@@ -98,6 +111,32 @@ fn limits_are_enforced_inside_the_image() {
         "{rlimits}"
     );
     line_with(&mut guest, "limited | waiting");
+
+    // Isolation: own user (mapped), PID and UTS namespaces; Docker's capabilities,
+    // no_new_privs and the seccomp filter.
+    let uid_map = line_with(&mut guest, "isolated | uid_map:");
+    assert_eq!(
+        uid_map.split_whitespace().rev().take(3).collect::<Vec<_>>(),
+        ["65536", "100000", "0"],
+        "{uid_map}"
+    );
+    let status = line_with(&mut guest, "isolated | status:");
+    for field in ["CapEff: 00000000a80425fb", "NoNewPrivs: 1", "Seccomp: 2"] {
+        assert!(
+            status
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .contains(field),
+            "{status}"
+        );
+    }
+    let pids = line_with(&mut guest, "isolated | pids:");
+    let visible: u32 = pids.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(visible <= 5, "the container sees host processes: {pids}");
+    assert!(line_with(&mut guest, "isolated | hostname:").ends_with("hostname: isolated"));
+    assert!(line_with(&mut guest, "isolated | mount:").ends_with("mount: refused"));
+    assert!(line_with(&mut guest, "isolated | rootfs:").ends_with("rootfs: writable as 0"));
     line_with(&mut guest, "berth: container=stubborn state=running");
 
     // Stop: `limited` gets SIGINT (its trap answers), `stubborn` the SIGKILL after 1 s.

@@ -229,6 +229,8 @@ pub struct ContainerSpec {
     pub seccomp: SeccompProfile,
     /// Mount the container's root filesystem read-only.
     pub read_only: bool,
+    /// Run in a user namespace: container root maps to an unprivileged host range.
+    pub userns: bool,
     /// Volumes, bind mounts and tmpfs mounts, in manifest order.
     pub mounts: Vec<MountDecl>,
 }

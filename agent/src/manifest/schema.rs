@@ -78,6 +78,7 @@ pub(super) struct RawContainer {
     pub cap_drop: Option<Vec<Spanned<String>>>,
     pub seccomp: Option<Spanned<String>>,
     pub read_only: Option<Spanned<bool>>,
+    pub userns: Option<Spanned<bool>>,
     pub mounts: Option<Vec<RawMount>>,
 }
 
@@ -122,6 +123,7 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "cap_drop" => "cap_drop = [\"ALL\"]",
         "seccomp" => "seccomp = \"default\"",
         "read_only" => "read_only = true",
+        "userns" => "userns = true",
         "mounts" => "mounts = [{ type = \"volume\", source = \"data\", target = \"/data\" }]",
         "type" => "type = \"volume\" (or \"bind\", \"tmpfs\")",
         "target" => "target = \"/data\"",

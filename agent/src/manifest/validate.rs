@@ -415,6 +415,10 @@ fn container(
         c.record(format!("{key}.read_only"), &r.span());
         r.into_inner()
     });
+    let userns = raw.userns.is_some_and(|u| {
+        c.record(format!("{key}.userns"), &u.span());
+        u.into_inner()
+    });
     let mut mounts = Vec::new();
     let mut seen: Vec<(std::path::PathBuf, Location, usize)> = Vec::new();
     for (index, raw_mount) in raw.mounts.unwrap_or_default().into_iter().enumerate() {
@@ -462,6 +466,7 @@ fn container(
         cap_drop,
         seccomp,
         read_only,
+        userns,
         mounts,
     })
 }

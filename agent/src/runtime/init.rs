@@ -25,6 +25,7 @@ use super::rlimit::RlimitSetting;
 use super::rootfs::{self, RealSys, RootfsLayout, Sys};
 use super::security::{self, Prepared, SecuritySpec};
 use super::spec::{ProcessSpec, DEFAULT_PATH};
+use super::userns;
 
 /// argv[1] that makes berthd act as the container init shim.
 pub const INIT_ARG: &str = "__container-init";
@@ -140,6 +141,12 @@ pub fn enter_and_exec(cfg: &InitConfig, prepared: &Prepared, sys: &mut dyn Sys) 
             return setup(format!("remounting the root filesystem read-only: {e}"));
         }
     }
+    if cfg.security.userns.is_some() {
+        // Last step as the host's root: from here on capabilities count only inside.
+        if let Err(e) = sys.enter_user_namespace() {
+            return setup(format!("entering the user namespace: {e}"));
+        }
+    }
     if let Err(message) = security::apply(prepared, sys) {
         return setup(message);
     }
@@ -250,6 +257,21 @@ fn run_shim() -> Result<Report, String> {
 
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| format!("creating the sync pipe: {e}"))?;
+    // A user namespace is mapped by this process through the host's /proc: open it now, since
+    // the container's pivot_root also replaces this process's root.
+    let userns = match cfg.security.userns {
+        Some(map) => {
+            let proc = File::open("/proc").map_err(|e| format!("opening /proc: {e}"))?;
+            let (child, shim) = userns::handshake()
+                .map_err(|e| format!("creating the user namespace handshake: {e}"))?;
+            Some((map, proc, child, shim))
+        }
+        None => None,
+    };
+    let (child_sync, shim_side) = match userns {
+        Some((map, proc, child, shim)) => (Some(child), Some((map, proc, shim))),
+        None => (None, None),
+    };
     // SAFETY: the shim is a freshly exec'd process that never started a thread, so the child
     // is a full copy of a single-threaded process and may allocate.
     match unsafe { fork() } {
@@ -258,7 +280,9 @@ fn run_shim() -> Result<Report, String> {
             drop(err_r);
             let _ = nix::unistd::close(REPORT_FD);
             reset_signals();
-            let failure = enter_and_exec(&cfg, &prepared, &mut RealSys);
+            drop(shim_side);
+            let mut sys = RealSys { userns: child_sync };
+            let failure = enter_and_exec(&cfg, &prepared, &mut sys);
             let mut pipe = File::from(err_w);
             let _ = pipe.write_all(failure.message.as_bytes());
             drop(pipe);
@@ -267,9 +291,20 @@ fn run_shim() -> Result<Report, String> {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(err_w);
+            drop(child_sync);
+            let mut mapping_error = None;
+            if let Some((map, proc, shim)) = shim_side {
+                if let Err(e) = shim.serve(&proc, child.as_raw(), &map) {
+                    // The child reads EOF and fails; its message follows.
+                    mapping_error = Some(format!("mapping the user namespace: {e}"));
+                }
+            }
             let mut message = String::new();
             // EOF without data means the CLOEXEC write end closed at a successful exec.
             let _ = File::from(err_r).read_to_string(&mut message);
+            if let Some(e) = mapping_error {
+                message = format!("{e}; {message}");
+            }
             if message.is_empty() {
                 return Ok(Report::Started {
                     pid: child.as_raw(),
@@ -382,6 +417,42 @@ mod tests {
         let remount = at("mount - / - MS_RDONLY|MS_REMOUNT|MS_BIND -");
         assert!(at("mkdir /srv") < remount && remount < at("no_new_privs"));
         assert!(!sys.calls.iter().any(|c| c.starts_with("seccomp")));
+    }
+
+    #[test]
+    fn user_namespace_is_entered_after_the_root_is_built_and_before_the_user_switch() {
+        let mut c = cfg(&["/bin/true"], &[]);
+        c.security.read_only = true;
+        c.security.userns = Some(crate::runtime::userns::IdMap::DEFAULT);
+        let mut sys = fake(&[]);
+        run(&c, &mut sys);
+        let at = |prefix: &str| {
+            sys.calls
+                .iter()
+                .position(|c| c.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in {:#?}", sys.calls))
+        };
+        let userns = at("unshare user");
+        assert!(at("pivot_root") < userns && at("sethostname") < userns);
+        assert!(at("mount - / - MS_RDONLY") < userns);
+        assert!(userns < at("drop_bounding") && userns < at("set_ids"));
+
+        // Without `userns` there is no such step; a failed one stops before the user switch.
+        let mut sys = fake(&[]);
+        run(&cfg(&["/bin/true"], &[]), &mut sys);
+        assert!(!sys.calls.iter().any(|c| c == "unshare user"));
+        let mut sys = fake(&[("unshare user", libc::EPERM)]);
+        let f = run(&c, &mut sys);
+        assert_eq!(f.code, EXIT_SETUP_FAILED);
+        assert!(
+            f.message.starts_with("entering the user namespace:"),
+            "{}",
+            f.message
+        );
+        assert!(!sys
+            .calls
+            .iter()
+            .any(|c| c.starts_with("set_ids") || c.starts_with("execve")));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod rlimit;
 pub mod rootfs;
 pub mod security;
 pub mod spec;
+pub mod userns;
 
 use nix::sys::wait::WaitStatus;
 

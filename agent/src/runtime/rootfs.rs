@@ -36,6 +36,10 @@ pub struct RootfsLayout {
     /// Volumes, bind mounts and tmpfs mounts on top of the root (parents before children).
     #[serde(default)]
     pub mounts: Vec<ContainerMount>,
+    /// Host uid and gid of the container's root when it has a user namespace: they own the
+    /// upper directory, volumes created for it and its tmpfs mounts.
+    #[serde(default)]
+    pub owner: Option<u32>,
 }
 
 /// A mount requested by the manifest, with host paths resolved.
@@ -75,12 +79,14 @@ impl ContainerMount {
         }
     }
 
-    /// tmpfs mount data (`mode=1777,size=67108864`), `None` when both are defaults.
-    fn tmpfs_data(size: Option<u64>, mode: Option<u32>) -> Option<String> {
+    /// tmpfs mount data (`mode=1777,size=67108864[,uid=N,gid=N]`), `None` when all are
+    /// defaults.
+    fn tmpfs_data(size: Option<u64>, mode: Option<u32>, owner: Option<u32>) -> Option<String> {
         let parts: Vec<String> = mode
             .map(|m| format!("mode={m:o}"))
             .into_iter()
             .chain(size.map(|s| format!("size={s}")))
+            .chain(owner.map(|o| format!("uid={o},gid={o}")))
             .collect();
         (!parts.is_empty()).then(|| parts.join(","))
     }
@@ -130,6 +136,7 @@ impl RootfsLayout {
             work: dir.join("work"),
             target: dir.join("rootfs"),
             mounts: Vec::new(),
+            owner: None,
         }
     }
 
@@ -154,6 +161,17 @@ impl RootfsLayout {
                 source,
             })?;
         }
+        let chown = |path: &Path, owner: u32| {
+            std::os::unix::fs::lchown(path, Some(owner), Some(owner)).map_err(|source| {
+                RootfsError::Prepare {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })
+        };
+        if let Some(owner) = self.owner {
+            chown(&self.upper, owner)?;
+        }
         for mount in &self.mounts {
             if let ContainerMount::Bind {
                 source,
@@ -161,10 +179,15 @@ impl RootfsLayout {
                 ..
             } = mount
             {
+                let fresh = !source.exists();
                 std::fs::create_dir_all(source).map_err(|source_err| RootfsError::Prepare {
                     path: source.clone(),
                     source: source_err,
                 })?;
+                // A new volume belongs to the container's root; an existing one keeps its owner.
+                if let (true, Some(owner)) = (fresh, self.owner) {
+                    chown(source, owner)?;
+                }
             }
         }
         Ok(())
@@ -254,6 +277,8 @@ pub enum Step {
         root: PathBuf,
         /// What to mount.
         mount: ContainerMount,
+        /// Owner of a tmpfs root (the container's mapped root).
+        owner: Option<u32>,
     },
     /// Make `new_root` the process root (pivot_root, or move+chroot from an initramfs).
     PivotRoot {
@@ -476,6 +501,7 @@ pub fn plan(layout: &RootfsLayout) -> Result<Vec<Step>, RootfsError> {
     steps.extend(mounts.into_iter().map(|m| Step::UserMount {
         root: root.clone(),
         mount: m.clone(),
+        owner: layout.owner,
     }));
     for path in MASKED_PATHS {
         steps.push(Step::Mask {
@@ -544,6 +570,8 @@ pub trait Sys {
     fn no_new_privs(&mut self) -> io::Result<()>;
     /// Install seccomp filters on the calling thread.
     fn install_seccomp(&mut self, programs: &[BpfProgram]) -> io::Result<()>;
+    /// unshare(CLONE_NEWUSER) and wait until the shim has written the id maps.
+    fn enter_user_namespace(&mut self) -> io::Result<()>;
 }
 
 /// Run a plan, stopping at the first failing step.
@@ -611,7 +639,7 @@ fn run_step(step: &Step, sys: &mut dyn Sys) -> io::Result<()> {
             )?;
             sys.mount(None, path, None, READONLY_REMOUNT, None)
         }
-        Step::UserMount { root, mount } => user_mount(root, mount, sys),
+        Step::UserMount { root, mount, owner } => user_mount(root, mount, *owner, sys),
         Step::PivotRoot { new_root } => enter_root(new_root, sys),
     }
 }
@@ -625,7 +653,12 @@ pub const READONLY_REMOUNT: MsFlags = MsFlags::MS_BIND
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
-fn user_mount(root: &Path, mount: &ContainerMount, sys: &mut dyn Sys) -> io::Result<()> {
+fn user_mount(
+    root: &Path,
+    mount: &ContainerMount,
+    owner: Option<u32>,
+    sys: &mut dyn Sys,
+) -> io::Result<()> {
     match mount {
         ContainerMount::Bind {
             source,
@@ -653,7 +686,7 @@ fn user_mount(root: &Path, mount: &ContainerMount, sys: &mut dyn Sys) -> io::Res
         }
         ContainerMount::Tmpfs { target, size, mode } => {
             let at = sys.mount_point(root, target, true)?;
-            let data = ContainerMount::tmpfs_data(*size, *mode);
+            let data = ContainerMount::tmpfs_data(*size, *mode, owner);
             sys.mount(
                 Some("tmpfs"),
                 &at,
@@ -817,7 +850,10 @@ fn enter_root(new_root: &Path, sys: &mut dyn Sys) -> io::Result<()> {
 
 /// The real syscalls.
 #[derive(Debug, Default)]
-pub struct RealSys;
+pub struct RealSys {
+    /// The handshake with the shim, for a container with a user namespace.
+    pub userns: Option<super::userns::ChildSync>,
+}
 
 fn errno(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
@@ -952,6 +988,15 @@ impl Sys for RealSys {
 
     fn no_new_privs(&mut self) -> io::Result<()> {
         nix::sys::prctl::set_no_new_privs().map_err(errno)
+    }
+
+    fn enter_user_namespace(&mut self) -> io::Result<()> {
+        match self.userns.take() {
+            Some(sync) => sync.enter(),
+            None => Err(io::Error::other(
+                "no handshake with the shim was set up for the user namespace",
+            )),
+        }
     }
 
     fn install_seccomp(&mut self, programs: &[BpfProgram]) -> io::Result<()> {
@@ -1097,6 +1142,9 @@ impl Sys for FakeSys {
     }
     fn install_seccomp(&mut self, programs: &[BpfProgram]) -> io::Result<()> {
         self.record(format!("seccomp {} programs", programs.len()))
+    }
+    fn enter_user_namespace(&mut self) -> io::Result<()> {
+        self.record("unshare user".to_string())
     }
 }
 

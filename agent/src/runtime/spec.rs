@@ -186,6 +186,7 @@ mod tests {
             cap_drop: vec![],
             seccomp: crate::manifest::SeccompProfile::Default,
             read_only: false,
+            userns: false,
             mounts: Vec::new(),
         }
     }

@@ -18,6 +18,8 @@ pub trait LayerFs: std::fmt::Debug + Send + Sync {
     fn set_opaque(&self, dir: &Path) -> io::Result<()>;
     /// Changes the owner of `path` without following a symlink there.
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
+    /// Whether the directory `dir` is marked opaque. A query: fakes do not record it.
+    fn is_opaque(&self, dir: &Path) -> io::Result<bool>;
 }
 
 /// The real operations on the host.
@@ -59,6 +61,33 @@ impl LayerFs for HostLayerFs {
 
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
         std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+    }
+
+    fn is_opaque(&self, dir: &Path) -> io::Result<bool> {
+        let path = c_path(dir)?;
+        let name = c"trusted.overlay.opaque";
+        let mut value = [0u8; 4];
+        // SAFETY: `path` and `name` are valid NUL-terminated strings that outlive the call, and
+        // `value` has `value.len()` writable bytes.
+        let n = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if n >= 0 {
+            return Ok(value.first() == Some(&b'y'));
+        }
+        match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ENODATA)
+                || e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+            {
+                Ok(false)
+            }
+            e => Err(e),
+        }
     }
 }
 
@@ -127,5 +156,11 @@ impl LayerFs for RecordingLayerFs {
 
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
         self.record(LayerFsCall::Chown(path.to_path_buf(), uid, gid))
+    }
+
+    fn is_opaque(&self, dir: &Path) -> io::Result<bool> {
+        Ok(self
+            .calls()
+            .contains(&LayerFsCall::Opaque(dir.to_path_buf())))
     }
 }

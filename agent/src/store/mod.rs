@@ -5,6 +5,7 @@
 //! ```text
 //! blobs/sha256/<hex>    blobs, verified against digest and size before they are stored
 //! layers/<chain-id hex>/ unpacked layers (overlay lowerdirs), named by OCI ChainID, shared
+//! layers-shifted/<base>/<chain-id hex>/ copies owned by a user namespace's range (shift.rs)
 //! refs/<name>           image name -> manifest digest
 //! tmp/                  staging; anything here at open() is a crash leftover and is removed
 //! ```
@@ -18,6 +19,7 @@ pub mod digest;
 pub mod layerfs;
 pub mod layout;
 pub mod refs;
+pub mod shift;
 pub mod staging;
 pub mod unpack;
 

@@ -221,7 +221,21 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
                     source,
                 }
             })?;
-        let mut rootfs = RootfsLayout::for_container(&containers, name, &image.layer_dirs);
+        let layer_dirs = match security.userns {
+            Some(map) => {
+                store
+                    .shifted_layer_dirs(&image, &map)
+                    .map_err(|source| BootError::Image {
+                        at: at(&manifest, &format!("containers.{name}.userns")),
+                        container: name.clone(),
+                        image: spec.image.clone(),
+                        source: Box::new(source),
+                    })?
+            }
+            None => image.layer_dirs.clone(),
+        };
+        let mut rootfs = RootfsLayout::for_container(&containers, name, &layer_dirs);
+        rootfs.owner = security.userns.map(|map| map.host);
         rootfs.mounts = spec
             .mounts
             .iter()

@@ -44,6 +44,9 @@ pub struct SecuritySpec {
     pub seccomp: SeccompProfile,
     /// Whether the container's root filesystem is mounted read-only.
     pub read_only: bool,
+    /// The id map of the container's user namespace (`None`: the host's user namespace).
+    #[serde(default)]
+    pub userns: Option<super::userns::IdMap>,
 }
 
 impl Default for SecuritySpec {
@@ -54,6 +57,7 @@ impl Default for SecuritySpec {
             capabilities: capabilities::names(&capabilities::DEFAULT_CAPS.into_iter().collect()),
             seccomp: SeccompProfile::Default,
             read_only: false,
+            userns: None,
         }
     }
 }
@@ -103,6 +107,7 @@ pub fn for_container(
         capabilities: capabilities::names(&set),
         seccomp: container.seccomp,
         read_only: container.read_only,
+        userns: container.userns.then_some(super::userns::IdMap::DEFAULT),
     })
 }
 
@@ -247,6 +252,7 @@ mod tests {
             cap_drop: vec![],
             seccomp: SeccompProfile::Default,
             read_only: false,
+            userns: false,
             mounts: Vec::new(),
         }
     }

@@ -7,6 +7,7 @@
 pub mod console;
 pub mod manifest;
 pub mod oci;
+pub mod registry;
 pub mod runtime;
 pub mod store;
 pub mod supervisor;

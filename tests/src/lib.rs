@@ -12,6 +12,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod registry;
+
 /// How many console lines an error shows.
 const TAIL: usize = 40;
 

@@ -254,6 +254,44 @@ impl Store {
         &self.root
     }
 
+    /// A fresh scratch path in `tmp/` (removed at the next open if left behind).
+    pub fn scratch_path(&self, what: &str) -> PathBuf {
+        self.staging.file_path(what)
+    }
+
+    /// Where registry downloads in progress are kept (`downloads/`): unlike `tmp/` it
+    /// survives a restart, so an interrupted pull resumes.
+    pub fn downloads_dir(&self) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join("downloads");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        Ok(dir)
+    }
+
+    /// The stored blob `digest`, when the store has it.
+    pub fn blob_if_present(&self, digest: &str) -> Option<PathBuf> {
+        self.blobs.path(digest).ok().filter(|p| p.is_file())
+    }
+
+    /// Remember that image `name` was pulled from `reference` (`sources/NAME`, atomically).
+    pub fn record_source(&self, name: &str, reference: &str) -> Result<(), StoreError> {
+        refs::validate_name(name)?;
+        let dir = self.root.join("sources");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let tmp = self.staging.file_path("source");
+        let path = dir.join(name);
+        fs::write(&tmp, format!("{reference}\n")).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
+        blobs::sync_dir(&dir).map_err(io_err("fsync", &dir))
+    }
+
+    /// The reference image `name` was pulled from, if it came from a registry.
+    pub fn source_of(&self, name: &str) -> Option<String> {
+        refs::validate_name(name).ok()?;
+        fs::read_to_string(self.root.join("sources").join(name))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
     /// Names of all imported images, sorted.
     pub fn list(&self) -> Result<Vec<String>, StoreError> {
         Ok(refs::list(&self.root.join("refs"))?)

@@ -1,0 +1,218 @@
+//! A throwaway OCI registry on the build host's loopback for pull tests: Debian's
+//! `docker-registry` serving a temp directory, images pushed from OCI layouts with `skopeo`.
+//!
+//! The registry listens on 127.0.0.1 only; a QEMU guest reaches it as 10.0.2.2 through user
+//! networking. The process is killed and its storage removed on drop.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, TempDir};
+
+/// Why the test registry could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A program could not be run.
+    #[error("cannot run {program} (apt-get install docker-registry skopeo apache2-utils)")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A program ran and failed.
+    #[error("{program} failed: {stderr}")]
+    Failed {
+        /// The program.
+        program: String,
+        /// What it printed.
+        stderr: String,
+    },
+    /// The registry did not start listening.
+    #[error("the registry did not listen on 127.0.0.1:{port} within {waited:?}: {log}")]
+    NotListening {
+        /// The port.
+        port: u16,
+        /// How long we waited.
+        waited: Duration,
+        /// Its log.
+        log: String,
+    },
+}
+
+/// A running registry.
+#[derive(Debug)]
+pub struct Registry {
+    port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+    credentials: Option<(String, String)>,
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, RegistryError> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| RegistryError::Spawn {
+            program: program.into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(RegistryError::Failed {
+            program: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Registry {
+    /// Start a registry on a free loopback port; with `credentials`, basic auth (htpasswd) is
+    /// required for everything.
+    pub fn start(credentials: Option<(&str, &str)>) -> Result<Registry, RegistryError> {
+        let port = free_port().map_err(|source| RegistryError::Spawn {
+            program: "bind".into(),
+            source,
+        })?;
+        let spawn = |source| RegistryError::Spawn {
+            program: "mktemp".into(),
+            source,
+        };
+        let dir = TempDir::new("berth-registry").map_err(spawn)?;
+        let mut registry = Registry {
+            port,
+            child: None,
+            dir,
+            credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
+        };
+        registry.spawn()?;
+        Ok(registry)
+    }
+
+    fn config(&self) -> Result<PathBuf, RegistryError> {
+        let root = &self.dir.0;
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n",
+            root.join("data").display(),
+            self.port
+        );
+        if let Some((user, password)) = &self.credentials {
+            let line = run("htpasswd", &["-Bbn", user, password])?;
+            let file = root.join("htpasswd");
+            std::fs::write(&file, line.trim()).map_err(|source| RegistryError::Spawn {
+                program: "write htpasswd".into(),
+                source,
+            })?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let path = root.join("config.yml");
+        std::fs::write(&path, config).map_err(|source| RegistryError::Spawn {
+            program: "write config.yml".into(),
+            source,
+        })?;
+        Ok(path)
+    }
+
+    fn spawn(&mut self) -> Result<(), RegistryError> {
+        let config = self.config()?;
+        let log = std::fs::File::create(self.dir.0.join("log")).map_err(|source| {
+            RegistryError::Spawn {
+                program: "create the registry log".into(),
+                source,
+            }
+        })?;
+        let log2 = log.try_clone().map_err(|source| RegistryError::Spawn {
+            program: "dup the registry log".into(),
+            source,
+        })?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|source| RegistryError::Spawn {
+                program: "docker-registry".into(),
+                source,
+            })?;
+        self.child = Some(child);
+        let waited = Duration::from_secs(20);
+        let start = Instant::now();
+        while start.elapsed() < waited {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.0.join("log")) {
+            let _ = f.read_to_string(&mut text);
+        }
+        Err(RegistryError::NotListening {
+            port: self.port,
+            waited,
+            log: text,
+        })
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Push the single image of OCI layout `layout` as `REPO:TAG`.
+    pub fn push(&self, layout: &Path, repo_tag: &str) -> Result<(), RegistryError> {
+        let src = format!("oci:{}", layout.display());
+        let dst = format!("docker://{}/{repo_tag}", self.host());
+        let mut args = vec![
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ];
+        let creds;
+        if let Some((user, password)) = &self.credentials {
+            creds = format!("{user}:{password}");
+            args.push("--dest-creds");
+            args.push(&creds);
+        }
+        args.push(&src);
+        args.push(&dst);
+        run("skopeo", &args).map(|_| ())
+    }
+
+    /// Stop the registry (its storage stays, so [`Registry::resume`] serves it again).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port.
+    pub fn resume(&mut self) -> Result<(), RegistryError> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

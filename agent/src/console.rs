@@ -28,6 +28,8 @@ pub enum Event<'a> {
     Error { what: String },
     /// Something works less well than it should (e.g. no cgroup v2); berthd carries on.
     Warning { what: String },
+    /// Progress of a registry pull of image `image`.
+    Pulling { image: String, what: String },
 }
 
 impl fmt::Display for Event<'_> {
@@ -56,6 +58,7 @@ impl fmt::Display for Event<'_> {
             }
             Event::Error { what } => write!(f, "berth: error: {what}"),
             Event::Warning { what } => write!(f, "berth: warning: {what}"),
+            Event::Pulling { image, what } => write!(f, "berth: image={image} pull {what}"),
         }
     }
 }

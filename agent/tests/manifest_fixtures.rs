@@ -71,6 +71,10 @@ const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
     ("stop-timeout-no-unit.toml", 8, 16, ErrorKind::InvalidValue, "`stop_timeout` \"10\" has no unit; write \"10s\""),
     ("unknown-rlimit.toml", 8, 28, ErrorKind::InvalidValue, "unknown rlimit `files`; known: as, core"),
     ("wrong-type-rlimits.toml", 8, 11, ErrorKind::WrongType, "wrong type for `rlimits`"),
+    ("registry-bad-reference.toml", 4, 18, ErrorKind::InvalidValue, "repository \"Team/web\" is not valid"),
+    ("registry-password-only.toml", 4, 12, ErrorKind::MissingKey, "`username` and `password` go together"),
+    ("registry-bad-ca.toml", 4, 6, ErrorKind::InvalidValue, "`ca` is not a PEM certificate"),
+    ("registry-bad-host.toml", 3, 13, ErrorKind::InvalidValue, "registry port \"70000\" is not a port number"),
 ];
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
@@ -136,6 +140,30 @@ fn every_invalid_manifest_fails_where_recorded() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn registry_sources_and_settings_are_read() {
+    use berth_agent::manifest::ImageSource;
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/manifests/valid/registry.toml");
+    let m = Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let ImageSource::Registry(web) = &m.images["web"].source else {
+        panic!("{:?}", m.images["web"]);
+    };
+    assert_eq!(web.to_string(), "registry.example.com:5000/team/web:1.4");
+    let ImageSource::Registry(pinned) = &m.images["pinned"].source else {
+        panic!("{:?}", m.images["pinned"]);
+    };
+    assert!(pinned.digest.is_some() && pinned.tag.is_none());
+    let private = &m.registries["registry.example.com:5000"];
+    assert_eq!(
+        private.credentials,
+        Some(("deploy".to_string(), "not-a-real-secret".to_string()))
+    );
+    assert!(!private.insecure && m.registries["10.0.2.2:5000"].insecure);
+    // Registry images need nothing on disk: resolving skips them.
+    assert!(m.resolve_images(path.parent().unwrap()).unwrap().is_empty());
 }
 
 #[test]

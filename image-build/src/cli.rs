@@ -59,6 +59,9 @@ pub struct BuildArgs {
     /// The systemd EFI stub the UKI is built from (package systemd-boot-efi).
     #[arg(long, value_name = "PATH", default_value = crate::uki::DEFAULT_STUB)]
     pub efi_stub: PathBuf,
+    /// Do not pull `registry:` images now; berthd pulls them at boot instead.
+    #[arg(long)]
+    pub no_pull: bool,
 }
 
 /// An output format of `berth-image build`.

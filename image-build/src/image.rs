@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth_agent::manifest::{Manifest, ManifestError};
+use berth_agent::manifest::{ImageSource, Manifest, ManifestError};
 
 use crate::binaries::{self, BinaryError, Overrides};
 use crate::cli::Format;
@@ -34,6 +34,15 @@ pub enum BuildError {
     /// The manifest is invalid or names a missing image (already `file:line:column: ...`).
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// A `registry:` image could not be pulled at build time.
+    #[error("image {name:?}: pulling it at build time failed (pass --no-pull to leave it to berthd at boot)")]
+    Pull {
+        /// The `[images]` key.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<berth_agent::registry::PullError>,
+    },
     /// No `--kernel`.
     #[error(
         "no kernel given: pass --kernel PATH to a bzImage (e.g. the one the kernel-config \
@@ -103,6 +112,9 @@ pub struct BuildRequest {
     pub source_date_epoch: Option<u64>,
     /// Output formats and disk image settings.
     pub disk: DiskOptions,
+    /// Pull `registry:` images now and ship them in the image (else berthd pulls them at
+    /// boot).
+    pub pull: bool,
 }
 
 /// Which outputs to write and how to make disk images.
@@ -163,14 +175,43 @@ fn check_kernel(path: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// The image directories the manifest names, with the relative paths it writes them as.
-fn image_inputs(manifest: &Manifest, base_dir: &Path) -> Result<Vec<ImageInput>, BuildError> {
+/// The image directories the manifest names, with the relative paths it writes them as;
+/// with `pull_dir`, `registry:` images are pulled into it and ship as `pulled/NAME`, where
+/// berthd looks before it pulls.
+fn image_inputs(
+    manifest: &Manifest,
+    base_dir: &Path,
+    pull_dir: Option<&Path>,
+    progress: &Progress,
+) -> Result<Vec<ImageInput>, BuildError> {
+    let mut pulled = Vec::new();
+    if let Some(dir) = pull_dir {
+        for (name, decl) in &manifest.images {
+            let ImageSource::Registry(reference) = &decl.source else {
+                continue;
+            };
+            progress.step(&format!("pulling image {name} from {reference}"));
+            let options = berth_agent::registry::options_for(manifest, &reference.registry, None);
+            let out = dir.join(name);
+            berth_agent::registry::pull_to_layout(reference, &options, &out, &mut |_| {}).map_err(
+                |source| BuildError::Pull {
+                    name: name.clone(),
+                    source: Box::new(source),
+                },
+            )?;
+            pulled.push(ImageInput {
+                name: name.clone(),
+                relative: Path::new(berth_agent::registry::PULLED_DIR).join(name),
+                layout: out,
+            });
+        }
+    }
     let resolved = manifest.resolve_images(base_dir)?;
     Ok(resolved
         .into_iter()
         .map(|r| {
-            let relative = match manifest.images.get(&r.name).map(|d| &d.source) {
-                Some(source) => source.path().to_path_buf(),
+            let relative = match manifest.images.get(&r.name).and_then(|d| d.source.path()) {
+                Some(path) => path.to_path_buf(),
                 None => r
                     .layout
                     .strip_prefix(base_dir)
@@ -183,6 +224,7 @@ fn image_inputs(manifest: &Manifest, base_dir: &Path) -> Result<Vec<ImageInput>,
                 layout: r.layout,
             }
         })
+        .chain(pulled)
         .collect())
 }
 
@@ -204,7 +246,19 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<Vec<Written>, Bu
     progress.step(&format!("checking {}", req.manifest.display()));
     let manifest = Manifest::load(&req.manifest)?;
     let base_dir = req.manifest.parent().unwrap_or(Path::new(""));
-    let images = image_inputs(&manifest, base_dir)?;
+    let pull_dir = tempfile::Builder::new()
+        .prefix("berth-pull-")
+        .tempdir()
+        .map_err(|source| BuildError::Scratch {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let images = image_inputs(
+        &manifest,
+        base_dir,
+        req.pull.then_some(pull_dir.path()),
+        progress,
+    )?;
     let kernel = req.kernel.as_deref().ok_or(BuildError::NoKernel)?;
     check_kernel(kernel)?;
     let bins = binaries::locate(&req.binaries, &req.roots)?;
@@ -221,6 +275,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<Vec<Written>, Bu
         manifest: req.manifest.clone(),
         images,
         build_info: build_info(req.source_date_epoch),
+        ca_bundle: initramfs::host_ca_bundle(),
         mtime,
     };
     let archive = initramfs::assemble(&inputs)?;
@@ -353,6 +408,7 @@ mod tests {
                 roots: vec![root.join("ws")],
                 source_date_epoch: Some(1_700_000_000),
                 disk: DiskOptions::default(),
+                pull: true,
             }
         }
     }

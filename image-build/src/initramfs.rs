@@ -91,6 +91,15 @@ pub struct ImageInput {
     pub layout: PathBuf,
 }
 
+/// Where the CA bundle goes (where rustls' native certificate loading looks first).
+pub const CA_BUNDLE_PATH: &str = "etc/ssl/certs/ca-certificates.crt";
+
+/// The build machine's CA bundle (Debian's `ca-certificates`), when it has one.
+pub fn host_ca_bundle() -> Option<PathBuf> {
+    let path = Path::new("/").join(CA_BUNDLE_PATH);
+    path.is_file().then_some(path)
+}
+
 /// Everything that goes into the initramfs.
 #[derive(Debug, Clone)]
 pub struct Inputs {
@@ -106,6 +115,9 @@ pub struct Inputs {
     pub images: Vec<ImageInput>,
     /// Contents of `/etc/berth/build-info`.
     pub build_info: String,
+    /// The CA bundle berthd trusts for HTTPS registries, installed as
+    /// `/etc/ssl/certs/ca-certificates.crt` (`None`: no bundle, only private CAs work).
+    pub ca_bundle: Option<PathBuf>,
     /// mtime of every entry.
     pub mtime: u32,
 }
@@ -158,6 +170,12 @@ pub fn assemble(inputs: &Inputs) -> Result<Archive, InitramfsError> {
         inputs.build_info.clone().into_bytes(),
     )
     .map_err(entry("the build info"))?;
+    if let Some(bundle) = &inputs.ca_bundle {
+        a.add_dir_all("etc/ssl/certs")
+            .map_err(entry("/etc/ssl/certs"))?;
+        a.add_file(CA_BUNDLE_PATH, 0o644, bundle)
+            .map_err(entry("the CA bundle"))?;
+    }
     for image in &inputs.images {
         let dir = image_dir(image)?;
         let what = format!("image {:?} ({})", image.name, image.layout.display());
@@ -255,6 +273,7 @@ pub(crate) mod tests {
                 },
             ],
             build_info: "version=0.1.0\n".into(),
+            ca_bundle: None,
             mtime: 7,
         }
     }

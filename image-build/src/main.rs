@@ -52,6 +52,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
                     disk_size: args.disk_size,
                     efi_stub: args.efi_stub,
                 },
+                pull: !args.no_pull,
             };
             let written = image::build(&req, &progress)?;
             let width = written

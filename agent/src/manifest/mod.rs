@@ -52,8 +52,21 @@ pub struct Manifest {
     pub images: BTreeMap<String, ImageDecl>,
     /// `[containers.NAME]`, in name order.
     pub containers: BTreeMap<String, ContainerSpec>,
+    /// `[registries."HOST[:PORT]"]`: how to reach each registry images are pulled from.
+    pub registries: BTreeMap<String, RegistrySettings>,
     /// Where the manifest came from and where each key is in it.
     origin: Origin,
+}
+
+/// `[registries."HOST[:PORT]"]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Plain HTTP instead of HTTPS (lab and test registries only).
+    pub insecure: bool,
+    /// Basic credentials (also exchanged for a bearer token when the registry asks).
+    pub credentials: Option<(String, String)>,
+    /// A private CA certificate (PEM) trusted in addition to the system's bundle.
+    pub ca: Option<String>,
 }
 
 /// The file a manifest was read from and the location of each key in it, by dotted path
@@ -70,6 +83,7 @@ impl PartialEq for Manifest {
             && self.host == other.host
             && self.images == other.images
             && self.containers == other.containers
+            && self.registries == other.registries
     }
 }
 
@@ -105,24 +119,29 @@ pub enum ImageSource {
     OciArchive(PathBuf),
     /// `docker-archive:PATH`: a `docker save` tar (a file).
     DockerArchive(PathBuf),
+    /// `registry:HOST[:PORT]/REPO[:TAG][@DIGEST]`: pulled from an OCI registry.
+    Registry(crate::registry::RegistryRef),
 }
 
 impl ImageSource {
-    /// The path after the scheme, relative to the manifest's directory.
-    pub fn path(&self) -> &Path {
+    /// The path after the scheme, relative to the manifest's directory (`None`: a registry
+    /// image, which is pulled rather than read from disk).
+    pub fn path(&self) -> Option<&Path> {
         match self {
             ImageSource::OciLayout(p)
             | ImageSource::OciArchive(p)
-            | ImageSource::DockerArchive(p) => p,
+            | ImageSource::DockerArchive(p) => Some(p),
+            ImageSource::Registry(_) => None,
         }
     }
 
     /// The format of the image at [`ImageSource::path`].
-    pub fn format(&self) -> ImageFormat {
+    pub fn format(&self) -> Option<ImageFormat> {
         match self {
-            ImageSource::OciLayout(_) => ImageFormat::OciLayout,
-            ImageSource::OciArchive(_) => ImageFormat::OciArchive,
-            ImageSource::DockerArchive(_) => ImageFormat::DockerArchive,
+            ImageSource::OciLayout(_) => Some(ImageFormat::OciLayout),
+            ImageSource::OciArchive(_) => Some(ImageFormat::OciArchive),
+            ImageSource::DockerArchive(_) => Some(ImageFormat::DockerArchive),
+            ImageSource::Registry(_) => None,
         }
     }
 }
@@ -267,6 +286,7 @@ impl Manifest {
             host,
             images,
             containers,
+            registries: BTreeMap::new(),
             origin: Origin {
                 file: PathBuf::from("<manifest>"),
                 locations: BTreeMap::new(),

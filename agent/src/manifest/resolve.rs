@@ -20,8 +20,11 @@ pub(super) fn resolve_images(
 ) -> Result<Vec<ResolvedImage>, ManifestError> {
     let mut resolved = Vec::with_capacity(manifest.images.len());
     for (name, decl) in &manifest.images {
-        let format = decl.source.format();
-        let layout = base_dir.join(decl.source.path());
+        // Registry images are pulled, not read from disk.
+        let (Some(format), Some(path)) = (decl.source.format(), decl.source.path()) else {
+            continue;
+        };
+        let layout = base_dir.join(path);
         let problem = if format.is_directory() {
             layout_problem(&layout)
         } else {

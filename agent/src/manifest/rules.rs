@@ -15,7 +15,7 @@ pub const MAX_HOSTNAME_LEN: usize = 64;
 pub const MAX_IMAGE_NAME_LEN: usize = 128;
 
 /// Image source schemes understood by this version.
-pub const SUPPORTED_SCHEMES: &[&str] = &["oci-layout", "oci-archive", "docker-archive"];
+pub const SUPPORTED_SCHEMES: &[&str] = &["oci-layout", "oci-archive", "docker-archive", "registry"];
 
 /// The state partition: the only place bind mount sources may come from.
 pub const STATE_PARTITION: &str = "/var/lib/berth";
@@ -215,13 +215,23 @@ pub fn workdir(dir: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A `[registries."HOST[:PORT]"]` key: the host part of a registry reference.
+pub fn registry_host(host: &str) -> Result<(), String> {
+    crate::registry::reference::check_host(host).map_err(|m| {
+        format!("[registries.{host:?}]: {m}; the key is HOST[:PORT] as written in image sources, e.g. \"registry.example.com:5000\"")
+    })
+}
+
 /// Parses an image source `SCHEME:PATH`. Only `oci-layout:PATH` exists for now; PATH is
 /// relative to the manifest's directory, non-empty, without `..`, and not absolute (it ships
 /// next to the manifest).
 pub fn image_source(source: &str) -> Result<ImageSource, String> {
     let supported = SUPPORTED_SCHEMES
         .iter()
-        .map(|s| format!("`{s}:PATH`"))
+        .map(|s| match *s {
+            "registry" => "`registry:HOST/REPO:TAG`".to_string(),
+            _ => format!("`{s}:PATH`"),
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let Some((scheme, path)) = source.split_once(':') else {
@@ -233,9 +243,12 @@ pub fn image_source(source: &str) -> Result<ImageSource, String> {
         "oci-layout" => ImageSource::OciLayout,
         "oci-archive" => ImageSource::OciArchive,
         "docker-archive" => ImageSource::DockerArchive,
+        "registry" => return crate::registry::RegistryRef::parse(path).map(ImageSource::Registry),
         _ => {
             let note = match scheme {
-                "docker" | "registry" | "http" | "https" => " (planned, not in this version)",
+                "docker" | "http" | "https" => {
+                    " (a registry image is written \"registry:HOST/REPO:TAG\")"
+                }
                 _ => "",
             };
             return Err(format!(

@@ -38,6 +38,21 @@ pub(super) struct RawManifest {
     pub images: BTreeMap<Spanned<String>, RawImage>,
     #[serde(default)]
     pub containers: BTreeMap<Spanned<String>, RawContainer>,
+    #[serde(default)]
+    pub registries: BTreeMap<Spanned<String>, RawRegistry>,
+}
+
+/// One `[registries."HOST[:PORT]"]` entry: how to talk to a registry.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like `[registries.\"registry.example.com\"]` with `username`, `password`, `insecure` or `ca`"
+)]
+pub(super) struct RawRegistry {
+    pub insecure: Option<Spanned<bool>>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub ca: Option<Spanned<String>>,
 }
 
 /// `[host]`.
@@ -106,6 +121,11 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "hostname" => "hostname = \"demo\"",
         "images" => "[images] with busybox = { source = \"oci-layout:images/busybox\" }",
         "source" => "source = \"oci-layout:images/busybox\"",
+        "registries" => "[registries.\"registry.example.com:5000\"] with insecure = true",
+        "insecure" => "insecure = true",
+        "username" => "username = \"deploy\"",
+        "password" => "password = \"...\"",
+        "ca" => "ca = \"\"\"-----BEGIN CERTIFICATE-----...\"\"\"",
         "containers" => "[containers.hello] with image = \"busybox\"",
         "image" => "image = \"busybox\"",
         "entrypoint" => "entrypoint = [\"/bin/sh\", \"-c\"]",

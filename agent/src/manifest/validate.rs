@@ -13,7 +13,7 @@ use toml::Spanned;
 use super::diagnose::closest;
 use super::error::{ErrorKind, ManifestError};
 use super::location::Location;
-use super::schema::{RawContainer, RawImage, RawManifest, RawMount, VersionProbe};
+use super::schema::{RawContainer, RawImage, RawManifest, RawMount, RawRegistry, VersionProbe};
 use super::{
     limits, rules, ContainerSpec, Host, ImageDecl, Manifest, MountDecl, Origin, SeccompProfile,
     DEFAULT_HOSTNAME, SUPPORTED_VERSIONS,
@@ -152,6 +152,13 @@ pub(super) fn validate(
         }
     }
 
+    let mut registries = BTreeMap::new();
+    for (host, raw_registry) in raw.registries {
+        if let Some(settings) = registry(&mut c, &host, raw_registry) {
+            registries.insert(host.into_inner(), settings);
+        }
+    }
+
     if let Some((_, first)) = c.problems.into_iter().min_by_key(|(offset, _)| *offset) {
         return Err(first);
     }
@@ -160,8 +167,67 @@ pub(super) fn validate(
         host,
         images,
         containers,
+        registries,
         origin: c.origin,
     })
+}
+
+/// One `[registries."HOST"]` table.
+fn registry(
+    c: &mut Checker<'_>,
+    host: &Spanned<String>,
+    raw: RawRegistry,
+) -> Option<super::RegistrySettings> {
+    let key = format!("registries.{}", host.get_ref());
+    c.record(key.clone(), &host.span());
+    let mut ok = c.rule(&host.span(), rules::registry_host(host.get_ref()));
+    let mut settings = super::RegistrySettings {
+        insecure: raw.insecure.as_ref().is_some_and(|i| *i.get_ref()),
+        ..Default::default()
+    };
+    match (raw.username, raw.password) {
+        (Some(user), Some(password)) => {
+            ok &= c.rule(
+                &user.span(),
+                if user.get_ref().is_empty() || user.get_ref().contains(':') {
+                    Err(format!(
+                        "registry {:?}: `username` must be non-empty and without ':'",
+                        host.get_ref()
+                    ))
+                } else {
+                    Ok(())
+                },
+            );
+            settings.credentials = Some((user.into_inner(), password.into_inner()));
+        }
+        (Some(only), None) | (None, Some(only)) => {
+            c.fail(
+                ErrorKind::MissingKey,
+                &only.span(),
+                format!(
+                    "registry {:?}: `username` and `password` go together; write both (or neither, to pull anonymously)",
+                    host.get_ref()
+                ),
+            );
+            ok = false;
+        }
+        (None, None) => {}
+    }
+    if let Some(ca) = raw.ca {
+        ok &= c.rule(
+            &ca.span(),
+            if ca.get_ref().contains("-----BEGIN CERTIFICATE-----") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "registry {:?}: `ca` is not a PEM certificate; paste the CA's certificate including its -----BEGIN CERTIFICATE----- line, e.g. in a \"\"\" multi-line string",
+                    host.get_ref()
+                ))
+            },
+        );
+        settings.ca = Some(ca.into_inner());
+    }
+    ok.then_some(settings)
 }
 
 fn image_decl(c: &mut Checker<'_>, name: &Spanned<String>, image: RawImage) -> Option<ImageDecl> {

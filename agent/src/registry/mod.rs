@@ -22,7 +22,7 @@
 pub mod pull;
 pub mod reference;
 
-pub use pull::{pull, PullEvent, PullOptions};
+pub use pull::{layout_source, pull, pull_to_layout, PullEvent, PullOptions};
 pub use reference::RegistryRef;
 
 use crate::store::StoreError;
@@ -124,3 +124,34 @@ impl PullError {
         )
     }
 }
+
+/// How to reach `registry` according to `manifest`'s `[registries."HOST"]`, with credentials
+/// from `STATE/registry-auth/HOST` (`username:password` on one line) when the manifest has
+/// none, so secrets can stay off the manifest.
+pub fn options_for(
+    manifest: &crate::manifest::Manifest,
+    registry: &str,
+    state_dir: Option<&std::path::Path>,
+) -> PullOptions {
+    let settings = manifest
+        .registries
+        .get(registry)
+        .cloned()
+        .unwrap_or_default();
+    let credentials = settings.credentials.or_else(|| {
+        let file = state_dir?.join("registry-auth").join(registry);
+        let text = std::fs::read_to_string(file).ok()?;
+        let (user, password) = text.trim_end_matches('\n').split_once(':')?;
+        Some((user.to_string(), password.to_string()))
+    });
+    PullOptions {
+        insecure: settings.insecure,
+        credentials,
+        ca_pem: settings.ca,
+        connect_timeout: None,
+    }
+}
+
+/// Where pre-pulled images ship, relative to the manifest's directory (`pulled/NAME`, each an
+/// OCI layout with a `berth-source` file naming its reference).
+pub const PULLED_DIR: &str = "pulled";

@@ -93,7 +93,16 @@ pub fn pull(
             path: store.root().to_path_buf(),
             source,
         })?;
-    runtime.block_on(pull_async(store, name, reference, options, progress))
+    // A panic in the HTTP stack must not take berthd down with it.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(pull_async(store, name, reference, options, progress))
+    }))
+    .unwrap_or_else(|_| {
+        Err(PullError::Unsupported {
+            reference: reference.to_string(),
+            message: "the registry client failed unexpectedly (see the panic above)".into(),
+        })
+    })
 }
 
 /// The client for `registry` with `options`.
@@ -113,7 +122,7 @@ fn client(registry: &str, options: &PullOptions) -> Result<Client, PullError> {
             data: pem.as_bytes().to_vec(),
         });
     }
-    Ok(Client::new(ClientConfig {
+    let config = ClientConfig {
         protocol: if options.insecure {
             oci_client::client::ClientProtocol::Http
         } else {
@@ -123,7 +132,16 @@ fn client(registry: &str, options: &PullOptions) -> Result<Client, PullError> {
         connect_timeout: Some(options.connect_timeout.unwrap_or(Duration::from_secs(5))),
         read_timeout: Some(Duration::from_secs(60)),
         ..ClientConfig::default()
-    }))
+    };
+    // Not `Client::new`: on failure (e.g. no /etc/resolv.conf for the resolver) it falls back
+    // to a default HTTP client whose construction panics.
+    Client::try_from(config).map_err(|e| PullError::Unreachable {
+        registry: registry.to_string(),
+        message: format!(
+            "cannot set up the HTTP client ({}); is there a network with DNS servers (/etc/resolv.conf)?",
+            chain(&e)
+        ),
+    })
 }
 
 fn oci_reference(r: &RegistryRef) -> Result<Reference, PullError> {
@@ -232,13 +250,12 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PullError {
     move |source| PullError::Io { op, path, source }
 }
 
-async fn pull_async(
-    store: &Store,
-    name: &str,
+/// Fetch and check the manifest chain of `reference`.
+async fn resolve(
     reference: &RegistryRef,
     options: &PullOptions,
     progress: &mut dyn FnMut(PullEvent),
-) -> Result<StoredImage, PullError> {
+) -> Result<Fetched, PullError> {
     let client = client(&reference.registry, options)?;
     let auth = match &options.credentials {
         Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
@@ -309,71 +326,163 @@ async fn pull_async(
         digest: manifests.last().map(|m| m.1.clone()).unwrap_or_default(),
         layers: manifest.layers().len(),
     });
+    Ok(Fetched {
+        client,
+        oref,
+        manifests,
+        manifest,
+    })
+}
 
-    // Blobs: present ones are linked, missing ones downloaded (resuming partial files).
-    let layout = store.scratch_path("pull");
+/// A resolved image: its manifest chain (top first) and the image manifest to run.
+struct Fetched {
+    client: Client,
+    oref: Reference,
+    /// (media type, digest, bytes) of the top-level manifest or index, then the chosen one.
+    manifests: Vec<(String, String, Vec<u8>)>,
+    manifest: ImageManifest,
+}
+
+/// Write `fetched` as an OCI image layout at `layout`: manifests written, blobs hard-linked
+/// from `present` when it has them, else downloaded through `downloads` (resumed there).
+/// Returns the downloaded files (to remove once the layout is no longer needed).
+async fn write_layout(
+    fetched: &Fetched,
+    reference: &RegistryRef,
+    layout: &Path,
+    present: &dyn Fn(&str) -> Option<PathBuf>,
+    downloads: &Path,
+    progress: &mut dyn FnMut(PullEvent),
+) -> Result<Vec<PathBuf>, PullError> {
     let blobs_dir = layout.join("blobs/sha256");
     fs::create_dir_all(&blobs_dir).map_err(io("create", &blobs_dir))?;
-    let result = async {
-        for (_, digest, bytes) in &manifests {
-            let path = blob_in(&blobs_dir, reference, digest)?;
-            fs::write(&path, bytes).map_err(io("write", &path))?;
-        }
-        let downloads = store
-            .downloads_dir()
-            .map_err(|e| PullError::Store(Box::new(e)))?;
-        let wanted = std::iter::once(manifest.config()).chain(manifest.layers().iter());
-        let mut fetched = Vec::new();
-        for desc in wanted {
-            let digest = desc.digest().to_string();
-            let target = blob_in(&blobs_dir, reference, &digest)?;
-            if let Some(present) = store.blob_if_present(&digest) {
-                if fs::hard_link(&present, &target).is_ok() {
-                    progress(PullEvent::Present { digest });
-                    continue;
-                }
+    for (_, digest, bytes) in &fetched.manifests {
+        let path = blob_in(&blobs_dir, reference, digest)?;
+        fs::write(&path, bytes).map_err(io("write", &path))?;
+    }
+    let manifest = &fetched.manifest;
+    let wanted = std::iter::once(manifest.config()).chain(manifest.layers().iter());
+    let mut fetched_files = Vec::new();
+    for desc in wanted {
+        let digest = desc.digest().to_string();
+        let target = blob_in(&blobs_dir, reference, &digest)?;
+        if let Some(have) = present(&digest) {
+            if fs::hard_link(&have, &target).is_ok() {
+                progress(PullEvent::Present { digest });
+                continue;
             }
-            let partial = blob_in(&downloads, reference, &digest)?;
-            download(
-                &client,
-                &oref,
-                reference,
-                &digest,
-                desc.size(),
-                &partial,
-                progress,
-            )
-            .await?;
-            fs::hard_link(&partial, &target).map_err(io("link", &target))?;
-            fetched.push(partial);
         }
-        let (top_type, top_digest, top_bytes) = &manifests[0];
-        let index = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [{
-                "mediaType": top_type,
-                "digest": top_digest,
-                "size": top_bytes.len(),
-            }],
-        });
-        let index_path = layout.join("index.json");
-        fs::write(&index_path, index.to_string()).map_err(io("write", &index_path))?;
-        let marker = layout.join("oci-layout");
-        fs::write(&marker, r#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io("write", &marker))?;
+        let partial = blob_in(downloads, reference, &digest)?;
+        download(
+            &fetched.client,
+            &fetched.oref,
+            reference,
+            &digest,
+            desc.size(),
+            &partial,
+            progress,
+        )
+        .await?;
+        if fs::hard_link(&partial, &target).is_err() {
+            fs::copy(&partial, &target).map_err(io("copy", &target))?;
+        }
+        fetched_files.push(partial);
+    }
+    let (top_type, top_digest, top_bytes) = &fetched.manifests[0];
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": top_type,
+            "digest": top_digest,
+            "size": top_bytes.len(),
+        }],
+    });
+    let index_path = layout.join("index.json");
+    fs::write(&index_path, index.to_string()).map_err(io("write", &index_path))?;
+    let marker = layout.join("oci-layout");
+    fs::write(&marker, r#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io("write", &marker))?;
+    let source = layout.join(SOURCE_FILE);
+    fs::write(&source, format!("{reference}\n")).map_err(io("write", &source))?;
+    Ok(fetched_files)
+}
+
+/// File in a layout written by a pull that names the reference it came from.
+pub const SOURCE_FILE: &str = "berth-source";
+
+/// The reference a pulled layout at `layout` came from (see [`pull_to_layout`]).
+pub fn layout_source(layout: &Path) -> Option<String> {
+    fs::read_to_string(layout.join(SOURCE_FILE))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+async fn pull_async(
+    store: &Store,
+    name: &str,
+    reference: &RegistryRef,
+    options: &PullOptions,
+    progress: &mut dyn FnMut(PullEvent),
+) -> Result<StoredImage, PullError> {
+    let fetched = resolve(reference, options, progress).await?;
+    let layout = store.scratch_path("pull");
+    let downloads = store
+        .downloads_dir()
+        .map_err(|e| PullError::Store(Box::new(e)))?;
+    let result = async {
+        let present = |digest: &str| store.blob_if_present(digest);
+        let files =
+            write_layout(&fetched, reference, &layout, &present, &downloads, progress).await?;
         let image = store
             .import_oci_layout(name, &layout)
             .map_err(|e| PullError::Store(Box::new(e)))?;
         store
             .record_source(name, &reference.to_string())
             .map_err(|e| PullError::Store(Box::new(e)))?;
-        for done in fetched {
+        for done in files {
             let _ = fs::remove_file(done);
         }
         Ok(image)
     }
     .await;
     let _ = crate::store::staging::remove_tree(&layout);
+    result
+}
+
+/// Pull `reference` into a fresh OCI image layout at `out` (build time: the image ships
+/// pre-pulled next to the manifest). It is written in a sibling temporary directory and
+/// renamed over `out`, so a failed pull leaves nothing.
+pub fn pull_to_layout(
+    reference: &RegistryRef,
+    options: &PullOptions,
+    out: &Path,
+    progress: &mut dyn FnMut(PullEvent),
+) -> Result<(), PullError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("start the network runtime for", out))?;
+    let parent = out.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(io("create", parent))?;
+    let tmp = parent.join(format!(
+        ".{}.partial",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("pull")
+    ));
+    let downloads = tmp.join(".downloads");
+    let _ = crate::store::staging::remove_tree(&tmp);
+    fs::create_dir_all(&downloads).map_err(io("create", &downloads))?;
+    let result = runtime.block_on(async {
+        let fetched = resolve(reference, options, progress).await?;
+        write_layout(&fetched, reference, &tmp, &|_| None, &downloads, progress).await
+    });
+    let result = result.and_then(|_| {
+        fs::remove_dir_all(&downloads).map_err(io("remove", &downloads))?;
+        let _ = crate::store::staging::remove_tree(out);
+        fs::rename(&tmp, out).map_err(io("rename into place", out))
+    });
+    if result.is_err() {
+        let _ = crate::store::staging::remove_tree(&tmp);
+    }
     result
 }
 

@@ -88,7 +88,8 @@ impl RegistryRef {
     }
 }
 
-fn check_host(host: &str) -> Result<(), String> {
+/// Checks `HOST[:PORT]` (a DNS name or IPv4 address, and a port 1-65535).
+pub fn check_host(host: &str) -> Result<(), String> {
     let (name, port) = match host.rsplit_once(':') {
         Some((n, p)) => (n, Some(p)),
         None => (host, None),

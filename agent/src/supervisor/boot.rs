@@ -60,6 +60,19 @@ pub enum BootError {
         #[source]
         source: Box<StoreError>,
     },
+    /// A `registry:` image could not be brought into the store.
+    #[error("{at}: image {name:?}: cannot pull {reference}")]
+    Pull {
+        /// Manifest location of the image's `source`.
+        at: String,
+        /// `[images]` key.
+        name: String,
+        /// The reference.
+        reference: String,
+        /// Why.
+        #[source]
+        source: Box<crate::registry::PullError>,
+    },
     /// A container's image is not in the store.
     #[error("{at}: container={container}: image {image:?} is not in the store")]
     Image {
@@ -166,6 +179,63 @@ pub fn container_mount(decl: &MountDecl, state_dir: &Path) -> ContainerMount {
     }
 }
 
+/// Bring `registry:` image `name` into the store: nothing to do when the store already holds
+/// it from the same reference; else import the copy pulled at build time
+/// (`MANIFEST_DIR/pulled/NAME`) when it is of this reference; else pull it, with a console line
+/// per layer.
+pub fn ensure_registry_image(
+    store: &Store,
+    manifest: &Manifest,
+    base_dir: &Path,
+    state_dir: &Path,
+    name: &str,
+    reference: &crate::registry::RegistryRef,
+) -> Result<crate::store::StoredImage, crate::registry::PullError> {
+    use crate::registry::{self, PullError, PullEvent};
+    let wanted = reference.to_string();
+    if store.source_of(name).as_deref() == Some(wanted.as_str()) {
+        if let Ok(image) = store.image(name) {
+            return Ok(image);
+        }
+    }
+    let shipped = base_dir.join(registry::PULLED_DIR).join(name);
+    if registry::layout_source(&shipped).as_deref() == Some(wanted.as_str()) {
+        let store_err = |e| PullError::Store(Box::new(e));
+        let image = store.import_oci_layout(name, &shipped).map_err(store_err)?;
+        store.record_source(name, &wanted).map_err(store_err)?;
+        return Ok(image);
+    }
+    let options = registry::options_for(manifest, &reference.registry, Some(state_dir));
+    crate::console::emit(&crate::console::Event::Pulling {
+        image: name.to_string(),
+        what: format!("from {wanted}"),
+    });
+    registry::pull(store, name, reference, &options, &mut |event| {
+        let what = match event {
+            PullEvent::Manifest { digest, layers } => {
+                format!("manifest {digest} ({layers} layers)")
+            }
+            PullEvent::Present { digest } => format!("{digest} already in the store"),
+            PullEvent::Downloading {
+                digest,
+                offset: 0,
+                size,
+            } => format!("downloading {digest} ({size} bytes)"),
+            PullEvent::Downloading {
+                digest,
+                offset,
+                size,
+            } => format!("resuming {digest} at {offset} of {size} bytes"),
+            PullEvent::Progress { .. } => return,
+            PullEvent::Downloaded { digest } => format!("{digest} verified"),
+        };
+        crate::console::emit(&crate::console::Event::Pulling {
+            image: name.to_string(),
+            what,
+        });
+    })
+}
+
 /// Load `manifest_path`, import its images (layouts relative to the manifest's directory) into
 /// `STATE/store`, and plan every container.
 pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError> {
@@ -191,6 +261,18 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
                 layout: image.layout.clone(),
                 source: Box::new(source),
             })?;
+    }
+
+    for (name, decl) in &manifest.images {
+        if let crate::manifest::ImageSource::Registry(reference) = &decl.source {
+            ensure_registry_image(&store, &manifest, base_dir, state_dir, name, reference)
+                .map_err(|source| BootError::Pull {
+                    at: at(&manifest, &format!("images.{name}.source")),
+                    name: name.clone(),
+                    reference: reference.to_string(),
+                    source: Box::new(source),
+                })?;
+        }
     }
 
     let containers = containers_dir(state_dir);

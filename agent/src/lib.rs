@@ -5,6 +5,7 @@
 //! image is seeded with exactly what the agent reads at boot.
 
 pub mod console;
+pub mod imagectl;
 pub mod manifest;
 pub mod oci;
 pub mod registry;

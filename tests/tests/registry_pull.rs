@@ -310,3 +310,99 @@ fn multi_arch_layout(dir: &Path, parts: &[(&Path, &str)]) -> PathBuf {
     fs::write(out.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     out
 }
+
+#[test]
+fn images_lists_and_prune_keeps_only_what_is_declared_or_mounted() {
+    use berth_agent::imagectl;
+    use berth_agent::manifest::Manifest;
+
+    let reg = Registry::start(None).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, a_layers) = layout(tmp.path(), "a", &[base_layer(), layer(&[("app", b"a\n")])]);
+    let (b, b_layers) = layout(tmp.path(), "b", &[base_layer(), layer(&[("app", b"b\n")])]);
+    reg.push(&a, "demo/a:1").unwrap();
+    reg.push(&b, "demo/b:1").unwrap();
+    let state = tmp.path().join("state");
+    let manifest_text = |images: &[&str]| {
+        let mut text = format!(
+            "version = 1\n[registries.\"{}\"]\ninsecure = true\n[images]\n",
+            reg.host()
+        );
+        for i in images {
+            text.push_str(&format!(
+                "{i} = {{ source = \"registry:{}/demo/{i}:1\" }}\n",
+                reg.host()
+            ));
+        }
+        text.push_str("[containers.web]\nimage = \"a\"\n");
+        text
+    };
+    let both = tmp.path().join("both.toml");
+    fs::write(&both, manifest_text(&["a", "b"])).unwrap();
+    let mut out = Vec::new();
+    imagectl::pull(&state, &both, "a", &mut out).unwrap();
+    imagectl::pull(&state, &both, "b", &mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(text.contains("already in the store"), "{text}");
+    let err = imagectl::pull(&state, &both, "web", &mut Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("\"a\", \"b\""), "{err}");
+
+    let m = Manifest::load(&both).unwrap();
+    let mut out = Vec::new();
+    imagectl::images(&state, Some(&m), true, &mut out).unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(listed[0]["name"], "a");
+    assert_eq!(listed[0]["used_by"], serde_json::json!(["web"]));
+    assert_eq!(listed[1]["used_by"], serde_json::json!([]));
+    assert!(listed[1]["source"].as_str().unwrap().ends_with("/demo/b:1"));
+    assert!(listed[0]["size"].as_u64().unwrap() > 1 << 20);
+
+    // b's own layer is mounted by a process in another mount namespace: kept while it is.
+    let store = Store::open(&state.join("store")).unwrap();
+    let b_top = store.image("b").unwrap().layer_dirs[1].clone();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let mut holder = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t overlay overlay -o lowerdir={}:{} {} && echo mounted && exec sleep 60",
+            b_top.display(),
+            store.image("b").unwrap().layer_dirs[0].display(),
+            mnt.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "mounted");
+
+    let only_a = tmp.path().join("a.toml");
+    fs::write(&only_a, manifest_text(&["a"])).unwrap();
+    let m = Manifest::load(&only_a).unwrap();
+    let mut out = Vec::new();
+    imagectl::prune(&state, Some(&m), &mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(text.contains("removed image b"), "{text}");
+    assert!(
+        text.contains("kept 1 unreferenced layers still mounted"),
+        "{text}"
+    );
+    assert!(b_top.is_dir());
+    let _ = holder.kill();
+    let _ = holder.wait();
+
+    let mut out = Vec::new();
+    imagectl::prune(&state, Some(&m), &mut out).unwrap();
+    assert!(!b_top.exists(), "{}", String::from_utf8_lossy(&out));
+    // a (and the base layer it shares with b) is intact; b's blobs are gone.
+    let a_image = store.image("a").unwrap();
+    assert!(a_image.layer_dirs[0].join("base/blob").is_file());
+    assert!(store.blob_if_present(&a_layers[0]).is_some());
+    assert!(store.blob_if_present(&b_layers[1]).is_none());
+    assert!(store.image("b").is_err());
+}

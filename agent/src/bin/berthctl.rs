@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use berth_agent::imagectl;
 use berth_agent::manifest::Manifest;
 use clap::{Args, Parser, Subcommand};
 
@@ -25,6 +26,48 @@ enum Command {
     /// Check host manifests: syntax, schema, values, and (unless --no-images) that every
     /// image source exists relative to the manifest's directory.
     Validate(ValidateArgs),
+    /// List the image store: name, digest, size, the containers using each, source.
+    Images(ImagesArgs),
+    /// Pull a `registry:` image of the manifest into the store now.
+    Pull(PullArgs),
+    /// Remove images the manifest does not declare, then unreferenced blobs and layers.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// The state directory holding the store.
+    #[arg(long, value_name = "DIR", default_value = berth_agent::imagectl::STATE_DIR)]
+    state: PathBuf,
+    /// The host manifest (for `used by`, credentials, and what prune keeps).
+    #[arg(long, value_name = "FILE", default_value = "/etc/berth/manifest.toml")]
+    manifest: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ImagesArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct PullArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The `[images]` name.
+    name: String,
+}
+
+#[derive(Debug, Args)]
+struct PruneArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Keep every image, only collect unreferenced blobs and layers.
+    #[arg(long)]
+    keep_images: bool,
 }
 
 #[derive(Debug, Args)]
@@ -43,11 +86,57 @@ fn main() -> ExitCode {
     let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
     let ok = match cli.command {
         Command::Validate(args) => validate(&args, &mut stdout.lock(), &mut stderr.lock()),
+        Command::Images(args) => image_command(&mut stderr.lock(), || {
+            let manifest = Manifest::load(&args.store.manifest).ok();
+            imagectl::images(
+                &args.store.state,
+                manifest.as_ref(),
+                args.json,
+                &mut stdout.lock(),
+            )
+        }),
+        Command::Pull(args) => image_command(&mut stderr.lock(), || {
+            imagectl::pull(
+                &args.store.state,
+                &args.store.manifest,
+                &args.name,
+                &mut stdout.lock(),
+            )
+        }),
+        Command::Prune(args) => image_command(&mut stderr.lock(), || {
+            let manifest = if args.keep_images {
+                None
+            } else {
+                Some(Manifest::load(&args.store.manifest).map_err(Box::new)?)
+            };
+            imagectl::prune(&args.store.state, manifest.as_ref(), &mut stdout.lock())
+        }),
     };
     if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Runs an image command, printing its error chain on failure.
+fn image_command(
+    err: &mut impl Write,
+    run: impl FnOnce() -> Result<(), imagectl::ImageCtlError>,
+) -> bool {
+    match run() {
+        Ok(()) => true,
+        Err(e) => {
+            let mut text = e.to_string();
+            let mut cur = std::error::Error::source(&e);
+            while let Some(s) = cur {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                cur = s.source();
+            }
+            let _ = writeln!(err, "berthctl: {text}");
+            false
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod archive;
 pub mod blobs;
 pub mod digest;
+pub mod gc;
 pub mod layerfs;
 pub mod layout;
 pub mod refs;
@@ -310,6 +311,8 @@ impl Store {
     /// the previous image under `name` (if any) untouched.
     pub fn import_oci_layout(&self, name: &str, layout: &Path) -> Result<StoredImage, StoreError> {
         refs::validate_name(name)?;
+        // A prune waits until this import's ref is written (see `gc`).
+        let _lock = self.lock(false)?;
         let index = layout::read_index(layout)?;
         let mut desc = layout::choose(&index)?.clone();
         if layout::entry_kind(&desc)? == EntryKind::Index {

@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use berth_agent::manifest::{ErrorKind, Manifest, SeccompProfile, MAX_MANIFEST_BYTES};
+use berth_agent::manifest::{
+    Condition, ErrorKind, LogSettings, Manifest, RestartPolicy, SeccompProfile, MAX_MANIFEST_BYTES,
+};
 
 /// (file, line, column, kind, message fragment).
 const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
@@ -70,6 +72,13 @@ const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
     ("stop-timeout-no-unit.toml", 8, 16, ErrorKind::InvalidValue, "`stop_timeout` \"10\" has no unit; write \"10s\""),
     ("unknown-rlimit.toml", 8, 28, ErrorKind::InvalidValue, "unknown rlimit `files`; known: as, core"),
     ("wrong-type-rlimits.toml", 8, 11, ErrorKind::WrongType, "wrong type for `rlimits`"),
+    ("bad-restart.toml", 8, 11, ErrorKind::InvalidValue, "container \"web\": unknown restart policy \"sometimes\"; write restart = \"no\", \"on-failure\" or \"always\""),
+    ("depends-on-unknown.toml", 8, 16, ErrorKind::InvalidValue, "container \"web\" depends on \"dbb\", which is not declared; declared containers: \"db\", \"web\""),
+    ("depends-on-cycle.toml", 12, 16, ErrorKind::InvalidValue, "depends_on forms a cycle: a -> b -> a"),
+    ("depends-on-bad-condition.toml", 8, 21, ErrorKind::InvalidValue, "\"service_healthy\" is Docker Compose's spelling; write \"healthy\""),
+    ("depends-on-never-completes.toml", 8, 16, ErrorKind::InvalidValue, "\"web\" has restart = \"always\" and never completes"),
+    ("log-max-size-too-small.toml", 8, 16, ErrorKind::InvalidValue, "`log_max_size` is 1000 bytes; the minimum is 4096 bytes"),
+    ("max-restarts-negative.toml", 8, 16, ErrorKind::InvalidValue, "`max_restarts` is -1"),
 ];
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
@@ -151,6 +160,26 @@ fn security_keys_are_read() {
     let admin = &m.containers["admin"];
     assert_eq!(admin.seccomp, SeccompProfile::Unconfined);
     assert!(!admin.read_only && admin.cap_drop.is_empty());
+}
+
+#[test]
+fn supervision_keys_are_read() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/manifests/valid/supervision.toml");
+    let m = Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let db = &m.containers["db"];
+    assert_eq!(db.restart, RestartPolicy::Always);
+    assert!(db.essential);
+    assert_eq!((db.log.max_size, db.log.files), (1 << 20, 5));
+    let web = &m.containers["web"];
+    assert_eq!(web.restart, RestartPolicy::OnFailure);
+    assert_eq!(web.max_restarts, Some(10));
+    assert_eq!(web.depends_on["db"], Condition::Healthy);
+    assert_eq!(web.depends_on["migrate"], Condition::Completed);
+    let migrate = &m.containers["migrate"];
+    assert_eq!(migrate.restart, RestartPolicy::No);
+    assert!(!migrate.essential && migrate.depends_on.is_empty());
+    assert_eq!(migrate.log, LogSettings::default());
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod location;
 mod resolve;
 pub mod rules;
 mod schema;
+pub mod supervision;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ pub use error::{ErrorKind, ManifestError};
 pub use limits::{Limits, Rlimit};
 pub use location::Location;
 pub use resolve::LAYOUT_FILES;
+pub use supervision::{Condition, LogSettings, RestartPolicy};
 
 pub use crate::runtime::security::SeccompProfile;
 
@@ -231,6 +233,16 @@ pub struct ContainerSpec {
     pub read_only: bool,
     /// Volumes, bind mounts and tmpfs mounts, in manifest order.
     pub mounts: Vec<MountDecl>,
+    /// `restart`: what happens when its process ends (default: never restarted).
+    pub restart: RestartPolicy,
+    /// `max_restarts`: restarts allowed in a row before berthd gives up (`None`: no limit).
+    pub max_restarts: Option<u32>,
+    /// `depends_on`: containers that must reach a condition before this one starts.
+    pub depends_on: BTreeMap<String, Condition>,
+    /// `essential`: its failure puts the host in the degraded state.
+    pub essential: bool,
+    /// `log_max_size` and `log_files`.
+    pub log: LogSettings,
 }
 
 impl ContainerSpec {

@@ -79,6 +79,12 @@ pub(super) struct RawContainer {
     pub seccomp: Option<Spanned<String>>,
     pub read_only: Option<Spanned<bool>>,
     pub mounts: Option<Vec<RawMount>>,
+    pub restart: Option<Spanned<String>>,
+    pub max_restarts: Option<Spanned<i64>>,
+    pub depends_on: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub essential: Option<Spanned<bool>>,
+    pub log_max_size: Option<Spanned<toml::Value>>,
+    pub log_files: Option<Spanned<i64>>,
 }
 
 /// One `[[containers.NAME.mounts]]` entry; which keys apply depends on `type`.
@@ -127,6 +133,12 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "target" => "target = \"/data\"",
         "size" => "size = \"64M\"",
         "mode" => "mode = \"1777\"",
+        "restart" => "restart = \"on-failure\"",
+        "max_restarts" => "max_restarts = 5",
+        "depends_on" => "depends_on = { db = \"healthy\" }",
+        "essential" => "essential = true",
+        "log_max_size" => "log_max_size = \"10Mi\"",
+        "log_files" => "log_files = 3",
         _ => return None,
     })
 }

@@ -14,6 +14,7 @@ use super::diagnose::closest;
 use super::error::{ErrorKind, ManifestError};
 use super::location::Location;
 use super::schema::{RawContainer, RawImage, RawManifest, RawMount, VersionProbe};
+use super::supervision::{self, Condition, LogSettings, RestartPolicy};
 use super::{
     limits, rules, ContainerSpec, Host, ImageDecl, Manifest, MountDecl, Origin, SeccompProfile,
     DEFAULT_HOSTNAME, SUPPORTED_VERSIONS,
@@ -70,6 +71,10 @@ struct Checker<'a> {
     file: &'a Path,
     problems: Vec<(usize, ManifestError)>,
     origin: Origin,
+    /// `depends_on` entries (from, to, condition, span of `to`), checked as a graph at the end.
+    edges: Vec<(String, String, Condition, Range<usize>)>,
+    /// Each valid container's restart policy, for the graph check.
+    restarts: BTreeMap<String, RestartPolicy>,
 }
 
 impl Checker<'_> {
@@ -125,6 +130,8 @@ pub(super) fn validate(
             file: file.to_path_buf(),
             locations: BTreeMap::new(),
         },
+        edges: Vec::new(),
+        restarts: BTreeMap::new(),
     };
 
     let mut host = Host {
@@ -145,12 +152,14 @@ pub(super) fn validate(
     }
 
     let declared: Vec<String> = images.keys().cloned().collect();
+    let names: Vec<String> = raw.containers.keys().map(|k| k.get_ref().clone()).collect();
     let mut containers = BTreeMap::new();
     for (name, raw_container) in raw.containers {
         if let Some(spec) = container(&mut c, &name, raw_container, &declared) {
             containers.insert(name.into_inner(), spec);
         }
     }
+    check_dependencies(&mut c, &names);
 
     if let Some((_, first)) = c.problems.into_iter().min_by_key(|(offset, _)| *offset) {
         return Err(first);
@@ -446,7 +455,20 @@ fn container(
         }
     }
 
+    let supervision = supervision(
+        c,
+        cname,
+        &key,
+        &raw.restart,
+        &raw.max_restarts,
+        raw.depends_on,
+        &raw.essential,
+        &raw.log_max_size,
+        &raw.log_files,
+    );
     let (image, entrypoint, command) = (image?, entrypoint?, command?);
+    let (restart, max_restarts, depends_on, essential, log) = supervision?;
+    c.restarts.insert(cname.to_owned(), restart);
     ok.then_some(ContainerSpec {
         image,
         entrypoint,
@@ -463,7 +485,129 @@ fn container(
         seccomp,
         read_only,
         mounts,
+        restart,
+        max_restarts,
+        depends_on,
+        essential,
+        log,
     })
+}
+
+/// What [`supervision`] returns: restart, max_restarts, depends_on, essential, log settings.
+type Supervision = (
+    RestartPolicy,
+    Option<u32>,
+    BTreeMap<String, Condition>,
+    bool,
+    LogSettings,
+);
+
+/// `restart`, `max_restarts`, `depends_on`, `essential`, `log_max_size`, `log_files`. The
+/// dependency targets are only recorded here; [`check_dependencies`] checks the graph.
+#[allow(clippy::too_many_arguments)]
+fn supervision(
+    c: &mut Checker<'_>,
+    cname: &str,
+    key: &str,
+    restart: &Option<Spanned<String>>,
+    max_restarts: &Option<Spanned<i64>>,
+    depends_on: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    essential: &Option<Spanned<bool>>,
+    log_max_size: &Option<Spanned<toml::Value>>,
+    log_files: &Option<Spanned<i64>>,
+) -> Option<Supervision> {
+    let mut ok = true;
+    let mut fail = |c: &mut Checker<'_>, span: &Range<usize>, m: String| {
+        c.fail(
+            ErrorKind::InvalidValue,
+            span,
+            format!("container {cname:?}: {m}"),
+        );
+        ok = false;
+    };
+    let mut policy = RestartPolicy::No;
+    if let Some(r) = restart {
+        c.record(format!("{key}.restart"), &r.span());
+        match supervision::restart(r.get_ref()) {
+            Ok(p) => policy = p,
+            Err(m) => fail(c, &r.span(), m),
+        }
+    }
+    let mut max = None;
+    if let Some(m) = max_restarts {
+        c.record(format!("{key}.max_restarts"), &m.span());
+        match supervision::max_restarts(*m.get_ref()) {
+            Ok(n) => max = Some(n),
+            Err(e) => fail(c, &m.span(), e),
+        }
+    }
+    let mut deps = BTreeMap::new();
+    for (target, cond) in depends_on.unwrap_or_default() {
+        c.record(
+            format!("{key}.depends_on.{}", target.get_ref()),
+            &target.span(),
+        );
+        match supervision::condition(cond.get_ref()) {
+            Ok(condition) => {
+                c.edges.push((
+                    cname.to_owned(),
+                    target.get_ref().clone(),
+                    condition,
+                    target.span(),
+                ));
+                deps.insert(target.into_inner(), condition);
+            }
+            Err(e) => fail(
+                c,
+                &cond.span(),
+                format!("depends_on.{}: {e}", target.get_ref()),
+            ),
+        }
+    }
+    let essential = essential.as_ref().is_some_and(|e| {
+        c.record(format!("{key}.essential"), &e.span());
+        *e.get_ref()
+    });
+    let mut log = LogSettings::default();
+    if let Some(size) = log_max_size {
+        c.record(format!("{key}.log_max_size"), &size.span());
+        match supervision::log_max_size(size.get_ref()) {
+            Ok(n) => log.max_size = n,
+            Err(e) => fail(c, &size.span(), e),
+        }
+    }
+    if let Some(files) = log_files {
+        c.record(format!("{key}.log_files"), &files.span());
+        match supervision::log_files(*files.get_ref()) {
+            Ok(n) => log.files = n,
+            Err(e) => fail(c, &files.span(), e),
+        }
+    }
+    ok.then_some((policy, max, deps, essential, log))
+}
+
+/// The `depends_on` graph: unknown targets, self-dependencies, cycles, and `completed` on a
+/// container that never completes. `names` are all declared containers, valid or not (an
+/// invalid one is reported on its own; naming it is not a second error).
+fn check_dependencies(c: &mut Checker<'_>, names: &[String]) {
+    let edges: Vec<supervision::Edge<'_>> = c
+        .edges
+        .iter()
+        .map(|(from, to, condition, _)| supervision::Edge {
+            from,
+            to,
+            condition: *condition,
+            to_restart: c.restarts.get(to).copied(),
+        })
+        .collect();
+    let declared: Vec<&str> = names.iter().map(String::as_str).collect();
+    let problems = supervision::dependency_problems(&edges, &declared);
+    let spans: Vec<Range<usize>> = c.edges.iter().map(|e| e.3.clone()).collect();
+    for (index, message) in problems {
+        if let Some(span) = spans.get(index) {
+            c.fail(ErrorKind::InvalidValue, span, message);
+        }
+    }
 }
 
 /// One mount entry: `type` decides which keys are required and which are refused.

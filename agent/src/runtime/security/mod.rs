@@ -248,6 +248,11 @@ mod tests {
             seccomp: SeccompProfile::Default,
             read_only: false,
             mounts: Vec::new(),
+            restart: Default::default(),
+            max_restarts: None,
+            depends_on: Default::default(),
+            essential: false,
+            log: Default::default(),
         }
     }
 

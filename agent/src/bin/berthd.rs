@@ -112,7 +112,7 @@ fn main() -> ExitCode {
         boot.plans,
     );
     sup.start_all();
-    sup.run(&signals);
+    sup.run(&signals, |_| true);
     ExitCode::SUCCESS
 }
 

@@ -330,12 +330,11 @@ fn find_cycle(edges: &[Edge<'_>]) -> Option<Vec<usize>> {
     None
 }
 
-/// Container names in an order where every dependency comes before its dependents (ties in
-/// name order). Containers in a cycle (refused by validation) come last.
+/// Container names in an order where every dependency comes before its dependents, otherwise
+/// in the given order. Containers in a cycle (refused by validation) come last.
 pub fn start_order<'a>(names: &[&'a str], deps: &BTreeMap<&'a str, Vec<&'a str>>) -> Vec<&'a str> {
     let mut order: Vec<&str> = Vec::with_capacity(names.len());
     let mut left: Vec<&str> = names.to_vec();
-    left.sort_unstable();
     while !left.is_empty() {
         let ready = left.iter().position(|n| {
             deps.get(n)
@@ -457,7 +456,7 @@ mod tests {
         deps.insert("migrate", vec!["db"]);
         assert_eq!(
             start_order(&["web", "app", "migrate", "db"], &deps),
-            ["db", "migrate", "app", "web"]
+            ["web", "db", "migrate", "app"]
         );
     }
 }

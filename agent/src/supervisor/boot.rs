@@ -3,12 +3,16 @@
 //!
 //! All of it happens before anything starts, so an invalid manifest starts nothing.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::manifest::{rules, Location, Manifest, ManifestError, MountDecl};
+use crate::manifest::{
+    rules, Condition, ContainerSpec, Location, LogSettings, Manifest, ManifestError, MountDecl,
+    RestartPolicy,
+};
 use crate::runtime::cgroup::CgroupLimits;
 use crate::runtime::rootfs::ContainerMount;
 use crate::runtime::{self, rlimit, InitConfig, RootfsLayout, SpecError};
@@ -27,6 +31,36 @@ pub struct ContainerPlan {
     /// The manifest's `stop_timeout`: time between the stop signal and SIGKILL (`None`: the
     /// supervisor's default).
     pub stop_timeout: Option<Duration>,
+    /// Restart policy, dependencies, essential, logs.
+    pub supervision: Supervision,
+}
+
+/// How the supervisor treats a container (the manifest's supervision keys).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Supervision {
+    /// `restart`.
+    pub restart: RestartPolicy,
+    /// `max_restarts` (`None`: no limit).
+    pub max_restarts: Option<u32>,
+    /// `depends_on`.
+    pub depends_on: BTreeMap<String, Condition>,
+    /// `essential`.
+    pub essential: bool,
+    /// `log_max_size`, `log_files`.
+    pub log: LogSettings,
+}
+
+impl Supervision {
+    /// The supervision keys of a manifest container.
+    pub fn from_spec(spec: &ContainerSpec) -> Self {
+        Supervision {
+            restart: spec.restart,
+            max_restarts: spec.max_restarts,
+            depends_on: spec.depends_on.clone(),
+            essential: spec.essential,
+            log: spec.log,
+        }
+    }
 }
 
 /// Why the manifest was rejected. Every variant's message starts with the `file:line:column`
@@ -240,6 +274,7 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
             },
             stop_signal,
             stop_timeout: spec.stop_timeout,
+            supervision: Supervision::from_spec(spec),
         });
     }
     Ok(Boot { manifest, plans })

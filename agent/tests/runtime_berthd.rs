@@ -240,6 +240,20 @@ command = ["/bin/sleep", "1000"]
     let sleeper_pid = sleeper.rsplit('=').next().unwrap();
     assert!(!Path::new(&format!("/proc/{sleeper_pid}")).exists());
 
+    // The same lines are in hello's log file, timestamped and tagged.
+    let log = fs::read_to_string(state.join("containers/hello/log")).unwrap();
+    let logged: Vec<&str> = log.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+    assert_eq!(
+        logged,
+        [
+            "stdout 1 hi img",
+            "stdout hello-box",
+            "stdout /srv",
+            "stdout partial"
+        ],
+        "{log}"
+    );
+
     // Nothing stays mounted below the state directory.
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(

@@ -35,6 +35,19 @@ pub struct ContainerPlan {
     pub supervision: Supervision,
 }
 
+impl ContainerPlan {
+    /// Its log file, `containers/NAME/log` (next to its `upper/` and `work/`), kept across
+    /// restarts.
+    pub fn log_path(&self) -> PathBuf {
+        self.init
+            .rootfs
+            .upper
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("log")
+    }
+}
+
 /// How the supervisor treats a container (the manifest's supervision keys).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Supervision {

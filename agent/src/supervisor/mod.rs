@@ -30,6 +30,7 @@ use crate::console::{self, Event};
 use crate::manifest::supervision;
 use crate::runtime::cgroup::{Cgroups, Leaf, Leaves};
 use crate::runtime::init::error_chain;
+use crate::runtime::logfile::{LogFile, Stream};
 use crate::runtime::output::Copier;
 use crate::runtime::{self, InitConfig, InitProgram, LaunchError, Launched, RootfsLayout};
 use clock::{Clock, SystemClock};
@@ -638,8 +639,19 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
         match self.runner.launch(&slot.plan.init) {
             Ok(launched) => {
                 let mut copiers = Vec::with_capacity(2);
-                for fd in [launched.stdout, launched.stderr] {
-                    match Copier::spawn(&name, fd) {
+                let settings = slot.plan.supervision.log;
+                let log = LogFile::new(
+                    &name,
+                    slot.plan.log_path(),
+                    settings.max_size,
+                    settings.files,
+                )
+                .shared();
+                for (fd, stream) in [
+                    (launched.stdout, Stream::Stdout),
+                    (launched.stderr, Stream::Stderr),
+                ] {
+                    match Copier::spawn_logged(&name, fd, stream, Some(log.clone())) {
                         Ok(c) => copiers.push(c),
                         Err(e) => console::emit(&Event::Error {
                             what: format!("container={name}: cannot copy its output: {e}"),

@@ -5,15 +5,18 @@
 //! would otherwise restart it in a loop). `berthd __container-init` is the container init
 //! shim berthd re-executes itself as (see `berth_agent::runtime::init`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use berth_agent::api::{self, server};
 use berth_agent::console::{self, Event};
+use berth_agent::manifest::Manifest;
 use berth_agent::runtime::cgroup::{self, Cgroups};
 use berth_agent::runtime::{self, init::error_chain, InitProgram, INIT_ARG};
+use berth_agent::supervisor::control::SAVED_MANIFEST;
 use berth_agent::supervisor::{
-    self, HostRunner, Signals, Supervisor, SupervisorConfig, DEFAULT_STOP_GRACE,
+    self, Control, HostRunner, Signals, Supervisor, SupervisorConfig, DEFAULT_STOP_GRACE,
 };
 use clap::Parser;
 
@@ -42,6 +45,9 @@ struct Cli {
     /// without `stop_timeout`.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_STOP_GRACE.as_secs_f64())]
     stop_grace: f64,
+    /// The API's Unix socket (default: $BERTH_API_SOCKET, else /run/berth/api.sock).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 fn from_env_or(flag: Option<PathBuf>, var: &str, default: &str) -> PathBuf {
@@ -81,7 +87,10 @@ fn main() -> ExitCode {
     let cgroup_root = from_env_or(cli.cgroup_root, "BERTH_CGROUP_ROOT", cgroup::DEFAULT_ROOT);
     let stop_grace = Duration::try_from_secs_f64(cli.stop_grace).unwrap_or(DEFAULT_STOP_GRACE);
 
-    let boot = match supervisor::prepare(&manifest, &state_dir) {
+    let api_socket = from_env_or(cli.api_socket, "BERTH_API_SOCKET", api::DEFAULT_SOCKET);
+    let base_dir = supervisor::boot::base_dir_of(&manifest).to_path_buf();
+
+    let boot = match load(&manifest, &state_dir) {
         Ok(boot) => boot,
         Err(e) => {
             console::emit(&Event::Error {
@@ -111,9 +120,57 @@ fn main() -> ExitCode {
         HostRunner::new(InitProgram::current_exe(), cgroups),
         boot.plans,
     );
+    let (tx, requests) = std::sync::mpsc::channel();
+    let listen = server::Listen {
+        socket: api_socket.clone(),
+        tcp: None,
+    };
+    match server::spawn(&listen, tx) {
+        Ok(()) => console::emit(&Event::ApiListening {
+            at: api_socket.display().to_string(),
+        }),
+        Err(e) => console::emit(&Event::Error {
+            what: format!("the API is not available: {}", error_chain(&e)),
+        }),
+    }
+    let control = Control {
+        requests,
+        state_dir,
+        base_dir,
+        init: (nix::unistd::getppid() == nix::unistd::Pid::from_raw(1))
+            .then(|| nix::unistd::Pid::from_raw(1)),
+    };
     sup.start_all();
-    sup.run(&signals, |_| true);
+    sup.run(&signals, |sup| {
+        control.serve(sup);
+        true
+    });
     ExitCode::SUCCESS
+}
+
+/// The manifest to run: the one last applied (saved in the state directory) when there is
+/// one and it is still valid, else the boot manifest. Image sources are always relative to
+/// the boot manifest's directory, where the host's images are.
+fn load(manifest: &Path, state_dir: &Path) -> Result<supervisor::Boot, supervisor::BootError> {
+    let saved = state_dir.join(SAVED_MANIFEST);
+    if saved.exists() {
+        let base_dir = supervisor::boot::base_dir_of(manifest);
+        let loaded = Manifest::load(&saved)
+            .map_err(supervisor::BootError::from)
+            .and_then(|m| supervisor::boot::prepare_manifest(m, base_dir, state_dir));
+        match loaded {
+            Ok(boot) => return Ok(boot),
+            Err(e) => console::emit(&Event::Warning {
+                what: format!(
+                    "the applied manifest {} is not usable ({}); using {}",
+                    saved.display(),
+                    error_chain(&e),
+                    manifest.display()
+                ),
+            }),
+        }
+    }
+    supervisor::prepare(manifest, state_dir)
 }
 
 /// Wait for SIGTERM/SIGINT, doing nothing else.

@@ -18,7 +18,7 @@ pub const MIN_LOG_MAX_SIZE: u64 = 4096;
 pub const MAX_LOG_FILES: u32 = 100;
 
 /// `restart`: what happens when the container's process ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Never restarted (the default): a one-shot or a service that must not come back.
@@ -57,7 +57,9 @@ impl fmt::Display for RestartPolicy {
 }
 
 /// A `depends_on` condition: what the dependency must reach before the dependent starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Condition {
     /// Its process was started.

@@ -51,6 +51,8 @@ impl ContainerPlan {
 /// How the supervisor treats a container (the manifest's supervision keys).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Supervision {
+    /// The `[images]` entry it runs (shown by `berthctl ps`).
+    pub image: String,
     /// `restart`.
     pub restart: RestartPolicy,
     /// `max_restarts` (`None`: no limit).
@@ -67,6 +69,7 @@ impl Supervision {
     /// The supervision keys of a manifest container.
     pub fn from_spec(spec: &ContainerSpec) -> Self {
         Supervision {
+            image: spec.image.clone(),
             restart: spec.restart,
             max_restarts: spec.max_restarts,
             depends_on: spec.depends_on.clone(),
@@ -213,14 +216,28 @@ pub fn container_mount(decl: &MountDecl, state_dir: &Path) -> ContainerMount {
     }
 }
 
+/// The directory a manifest's image sources are relative to: the manifest's own.
+pub fn base_dir_of(manifest_path: &Path) -> &Path {
+    manifest_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Load `manifest_path`, import its images (layouts relative to the manifest's directory) into
 /// `STATE/store`, and plan every container.
 pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError> {
     let manifest = Manifest::load(manifest_path)?;
-    let base_dir = manifest_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    prepare_manifest(manifest, base_dir_of(manifest_path), state_dir)
+}
+
+/// [`prepare`] for a manifest already loaded, its image sources relative to `base_dir` (an
+/// applied manifest uses the boot manifest's directory, where the host's images are).
+pub fn prepare_manifest(
+    manifest: Manifest,
+    base_dir: &Path,
+    state_dir: &Path,
+) -> Result<Boot, BootError> {
     let images = manifest.resolve_images(base_dir)?;
 
     let store_path = store_dir(state_dir);

@@ -3,9 +3,9 @@
 //! printed as a console-contract line.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::Sender;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::console;
 use crate::manifest::Condition;
@@ -14,7 +14,7 @@ use crate::manifest::Condition;
 pub const HISTORY: usize = 1000;
 
 /// What happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum EventKind {
     /// Its process is about to be started.
@@ -78,7 +78,7 @@ pub enum EventKind {
 }
 
 /// One event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Sequence number, from 1, increasing.
     pub seq: u64,
@@ -158,7 +158,7 @@ impl Event {
 pub struct Events {
     seq: u64,
     history: VecDeque<Event>,
-    subscribers: Vec<Sender<Event>>,
+    subscribers: Vec<UnboundedSender<Event>>,
     /// Print each event's console line (off in unit tests that count lines themselves).
     pub quiet: bool,
 }
@@ -189,7 +189,7 @@ impl Events {
     }
 
     /// Receive every future event on `tx`.
-    pub fn subscribe(&mut self, tx: Sender<Event>) {
+    pub fn subscribe(&mut self, tx: UnboundedSender<Event>) {
         self.subscribers.push(tx);
     }
 }
@@ -204,7 +204,7 @@ mod tests {
             quiet: true,
             ..Events::default()
         };
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         events.record(5, Some("web"), EventKind::Created);
         events.subscribe(tx);
         events.record(

@@ -10,6 +10,7 @@
 
 pub mod boot;
 pub mod clock;
+pub mod control;
 pub mod deps;
 pub mod events;
 pub mod restart;
@@ -40,6 +41,7 @@ use restart::Decision;
 
 pub use boot::{prepare, Boot, BootError, ContainerPlan, Supervision};
 pub use clock::FakeClock;
+pub use control::Control;
 pub use signals::Signals;
 
 /// Default time between the stop signal and SIGKILL.
@@ -63,6 +65,8 @@ pub trait Runner {
     fn release(&mut self, _name: &str) -> Option<&'static str> {
         None
     }
+    /// A container was removed (by `apply`): delete what it left on the state partition.
+    fn forget(&mut self, _plan: &ContainerPlan) {}
 }
 
 /// How long a container's leaf cgroup may take to empty after its process ended.
@@ -167,6 +171,22 @@ impl Runner for HostRunner {
 
     fn cleanup(&mut self, rootfs: &RootfsLayout) {
         unmount_rootfs(&rootfs.target);
+    }
+
+    fn forget(&mut self, plan: &ContainerPlan) {
+        if let Some(dir) = plan.log_path().parent() {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    console::emit(&Event::Error {
+                        what: format!(
+                            "container={}: cannot remove {}: {e}",
+                            plan.name,
+                            dir.display()
+                        ),
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -330,6 +350,10 @@ pub struct Slot {
     stop_requested: bool,
     /// Start it again once it stopped (`berthctl restart`).
     start_after_stop: bool,
+    /// Once stopped, run this plan instead (`apply` changed it).
+    replacement: Option<Box<ContainerPlan>>,
+    /// Once stopped, remove it (`apply` removed it).
+    remove: bool,
 }
 
 impl Slot {
@@ -346,6 +370,8 @@ impl Slot {
             waiting: None,
             stop_requested: false,
             start_after_stop: false,
+            replacement: None,
+            remove: false,
         }
     }
 
@@ -541,6 +567,7 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
                 _ => {}
             }
         }
+        self.drop_removed();
         self.start_pending();
         self.update_host_state();
         self.next_deadline()
@@ -740,9 +767,8 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
             slot.stop_requested = false;
             slot.state = State::Stopped { code: Some(code) };
             self.event(Some(&name), EventKind::Stopped);
-            if std::mem::take(&mut self.slots[index].start_after_stop) && !self.shutting_down {
-                self.slots[index].state = State::Pending;
-                self.slots[index].in_a_row = 0;
+            if !self.shutting_down {
+                self.after_stop(index);
             }
             return;
         }
@@ -771,6 +797,95 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
                 );
             }
         }
+    }
+
+    /// What an operator or `apply` asked for once a container stopped: start it again, run a
+    /// new plan, or remove it (done on the next tick).
+    fn after_stop(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        if slot.remove {
+            return;
+        }
+        if let Some(plan) = slot.replacement.take() {
+            *slot = Slot::new(*plan);
+        } else if std::mem::take(&mut slot.start_after_stop) {
+            slot.state = State::Pending;
+            slot.in_a_row = 0;
+        }
+    }
+
+    /// Remove the slots `apply` removed once their process is gone.
+    fn drop_removed(&mut self) {
+        let mut index = 0;
+        while index < self.slots.len() {
+            let slot = &self.slots[index];
+            if slot.remove && !matches!(slot.state, State::Running { .. }) {
+                let slot = self.slots.remove(index);
+                self.runner.forget(&slot.plan);
+                self.event(Some(&slot.plan.name), EventKind::Removed);
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// What reconciling with `plans` would change: containers added, changed (their plan
+    /// differs: spec, image content, supervision), removed and unchanged, each in name order.
+    pub fn diff(&self, plans: &[ContainerPlan]) -> crate::api::ApplyReport {
+        let mut report = crate::api::ApplyReport::default();
+        for plan in plans {
+            match self.slot(&plan.name) {
+                None => report.added.push(plan.name.clone()),
+                Some(slot) if slot.plan == *plan => report.unchanged.push(plan.name.clone()),
+                Some(_) => report.changed.push(plan.name.clone()),
+            }
+        }
+        for slot in &self.slots {
+            if !plans.iter().any(|p| p.name == slot.plan.name) {
+                report.removed.push(slot.plan.name.clone());
+            }
+        }
+        for list in [
+            &mut report.added,
+            &mut report.changed,
+            &mut report.removed,
+            &mut report.unchanged,
+        ] {
+            list.sort();
+        }
+        report
+    }
+
+    /// Reconcile with `plans` (a new manifest): unchanged containers are not touched; changed
+    /// ones are stopped and started with their new plan; removed ones are stopped, removed
+    /// and their directory deleted; new ones are added and start when their dependencies
+    /// allow.
+    pub fn reconcile(&mut self, plans: Vec<ContainerPlan>) -> crate::api::ApplyReport {
+        let mut report = self.diff(&plans);
+        for name in report.removed.clone() {
+            if let Some(index) = self.index_of(&name) {
+                self.slots[index].remove = true;
+                let _ = self.stop(&name);
+            }
+        }
+        for plan in order_plans(plans) {
+            let Some(index) = self.index_of(&plan.name) else {
+                self.slots.push(Slot::new(plan));
+                continue;
+            };
+            if self.slots[index].plan == plan {
+                continue;
+            }
+            let name = plan.name.clone();
+            if matches!(self.slots[index].state, State::Running { .. }) {
+                self.slots[index].replacement = Some(Box::new(plan));
+                let _ = self.stop(&name);
+            } else {
+                self.slots[index] = Slot::new(plan);
+            }
+        }
+        report.applied = true;
+        report
     }
 
     /// Ask one container to stop (operator `stop`): its stop signal now, SIGKILL after its

@@ -8,8 +8,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use berth_agent::manifest::{
-    Condition, ErrorKind, LogSettings, Manifest, RestartPolicy, SeccompProfile, MAX_MANIFEST_BYTES,
+    Condition, ErrorKind, LogSettings, Manifest, Probe, RestartPolicy, SeccompProfile,
+    MAX_MANIFEST_BYTES,
 };
+use std::time::Duration;
 
 /// (file, line, column, kind, message fragment).
 const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
@@ -79,6 +81,9 @@ const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
     ("depends-on-never-completes.toml", 8, 16, ErrorKind::InvalidValue, "\"web\" has restart = \"always\" and never completes"),
     ("log-max-size-too-small.toml", 8, 16, ErrorKind::InvalidValue, "`log_max_size` is 1000 bytes; the minimum is 4096 bytes"),
     ("max-restarts-negative.toml", 8, 16, ErrorKind::InvalidValue, "`max_restarts` is -1"),
+    ("healthcheck-bad-port.toml", 8, 38, ErrorKind::InvalidValue, "container \"web\": healthcheck: port 70000 is not a TCP port"),
+    ("healthcheck-path-on-tcp.toml", 8, 49, ErrorKind::InvalidValue, "healthcheck: `path` does not apply to a tcp check; remove it"),
+    ("healthcheck-exec-no-command.toml", 8, 24, ErrorKind::MissingKey, "an exec check needs `command`"),
 ];
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
@@ -180,6 +185,27 @@ fn supervision_keys_are_read() {
     assert_eq!(migrate.restart, RestartPolicy::No);
     assert!(!migrate.essential && migrate.depends_on.is_empty());
     assert_eq!(migrate.log, LogSettings::default());
+    assert_eq!(migrate.healthcheck, None);
+    let check = web.healthcheck.as_ref().unwrap();
+    assert_eq!(
+        check.probe,
+        Probe::Http {
+            port: 8080,
+            path: "/healthz".into(),
+            status: 200
+        }
+    );
+    assert_eq!((check.interval, check.retries), (Duration::from_secs(2), 2));
+    assert_eq!(check.timeout, Duration::from_secs(5));
+    assert!(web.restart_on_unhealthy);
+    let cache = m.containers["cache"].healthcheck.as_ref().unwrap();
+    assert_eq!(
+        cache.probe,
+        Probe::Exec {
+            command: vec!["/bin/true".into()]
+        }
+    );
+    assert_eq!(cache.start_period, Duration::from_secs(5));
 }
 
 #[test]

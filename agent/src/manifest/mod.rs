@@ -26,7 +26,7 @@ pub use error::{ErrorKind, ManifestError};
 pub use limits::{Limits, Rlimit};
 pub use location::Location;
 pub use resolve::LAYOUT_FILES;
-pub use supervision::{Condition, LogSettings, RestartPolicy};
+pub use supervision::{Condition, HealthCheck, LogSettings, Probe, RestartPolicy};
 
 pub use crate::runtime::security::SeccompProfile;
 
@@ -243,6 +243,10 @@ pub struct ContainerSpec {
     pub essential: bool,
     /// `log_max_size` and `log_files`.
     pub log: LogSettings,
+    /// `healthcheck`.
+    pub healthcheck: Option<HealthCheck>,
+    /// `restart_on_unhealthy`: restart it when its health check says unhealthy.
+    pub restart_on_unhealthy: bool,
 }
 
 impl ContainerSpec {

@@ -85,6 +85,27 @@ pub(super) struct RawContainer {
     pub essential: Option<Spanned<bool>>,
     pub log_max_size: Option<Spanned<toml::Value>>,
     pub log_files: Option<Spanned<i64>>,
+    pub healthcheck: Option<RawHealthCheck>,
+    pub restart_on_unhealthy: Option<Spanned<bool>>,
+}
+
+/// `[containers.NAME.healthcheck]`; which keys apply depends on `type`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like `{ type = \"tcp\", port = 8080 }`"
+)]
+pub(super) struct RawHealthCheck {
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub command: Option<Spanned<Vec<Spanned<String>>>>,
+    pub port: Option<Spanned<i64>>,
+    pub path: Option<Spanned<String>>,
+    pub status: Option<Spanned<i64>>,
+    pub interval: Option<Spanned<toml::Value>>,
+    pub timeout: Option<Spanned<toml::Value>>,
+    pub retries: Option<Spanned<i64>>,
+    pub start_period: Option<Spanned<toml::Value>>,
 }
 
 /// One `[[containers.NAME.mounts]]` entry; which keys apply depends on `type`.
@@ -139,6 +160,15 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "essential" => "essential = true",
         "log_max_size" => "log_max_size = \"10Mi\"",
         "log_files" => "log_files = 3",
+        "healthcheck" => "healthcheck = { type = \"tcp\", port = 8080 }",
+        "restart_on_unhealthy" => "restart_on_unhealthy = true",
+        "port" => "port = 8080",
+        "path" => "path = \"/healthz\"",
+        "status" => "status = 200",
+        "interval" => "interval = \"5s\"",
+        "timeout" => "timeout = \"2s\"",
+        "retries" => "retries = 3",
+        "start_period" => "start_period = \"10s\"",
         _ => return None,
     })
 }

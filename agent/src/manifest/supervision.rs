@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 /// Default size of a container's log file before it is rotated (10 MiB).
 pub const DEFAULT_LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
@@ -104,6 +105,77 @@ impl Default for LogSettings {
             files: DEFAULT_LOG_FILES,
         }
     }
+}
+
+/// Default time between health checks.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+/// Default time a health check may take.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default failures in a row that make a container unhealthy.
+pub const DEFAULT_HEALTH_RETRIES: u32 = 3;
+
+/// `healthcheck`: how and how often berthd checks that a container works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What is checked.
+    pub probe: Probe,
+    /// Time between checks (and before the first one).
+    pub interval: Duration,
+    /// Time one check may take before it counts as failed.
+    pub timeout: Duration,
+    /// Failures in a row that make it unhealthy.
+    pub retries: u32,
+    /// Failures during this time after a start do not count.
+    pub start_period: Duration,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Probe {
+    /// Run `command` inside the container's namespaces; exit code 0 passes.
+    Exec {
+        /// argv.
+        command: Vec<String>,
+    },
+    /// Connect to TCP `port` on the container's address.
+    Tcp {
+        /// Port.
+        port: u16,
+    },
+    /// `GET path` on `port`; the answer's status must be `status`.
+    Http {
+        /// Port.
+        port: u16,
+        /// Request path.
+        path: String,
+        /// Expected status.
+        status: u16,
+    },
+}
+
+/// A health check `port`: 1-65535.
+pub fn port(value: i64) -> Result<u16, String> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("port {value} is not a TCP port; write a number from 1 to 65535"))
+}
+
+/// A health check `status`: 100-599.
+pub fn http_status(value: i64) -> Result<u16, String> {
+    u16::try_from(value)
+        .ok()
+        .filter(|s| (100..600).contains(s))
+        .ok_or_else(|| format!("status {value} is not an HTTP status; write e.g. status = 200"))
+}
+
+/// A health check `retries`: 1 or more.
+pub fn retries(value: i64) -> Result<u32, String> {
+    u32::try_from(value)
+        .ok()
+        .filter(|r| *r > 0)
+        .ok_or_else(|| format!("retries is {value}; write how many failures in a row make it unhealthy, 1 or more (e.g. retries = 3)"))
 }
 
 /// `restart = "no" | "on-failure" | "always"`.

@@ -7,14 +7,15 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
+use std::time::Duration;
 
 use toml::Spanned;
 
 use super::diagnose::closest;
 use super::error::{ErrorKind, ManifestError};
 use super::location::Location;
-use super::schema::{RawContainer, RawImage, RawManifest, RawMount, VersionProbe};
-use super::supervision::{self, Condition, LogSettings, RestartPolicy};
+use super::schema::{RawContainer, RawHealthCheck, RawImage, RawManifest, RawMount, VersionProbe};
+use super::supervision::{self, Condition, HealthCheck, LogSettings, Probe, RestartPolicy};
 use super::{
     limits, rules, ContainerSpec, Host, ImageDecl, Manifest, MountDecl, Origin, SeccompProfile,
     DEFAULT_HOSTNAME, SUPPORTED_VERSIONS,
@@ -467,7 +468,16 @@ fn container(
         &raw.log_files,
     );
     let (image, entrypoint, command) = (image?, entrypoint?, command?);
+    let healthcheck = match raw.healthcheck {
+        None => Some(None),
+        Some(h) => healthcheck(c, cname, &name.span(), &key, h).map(Some),
+    };
+    let restart_on_unhealthy = raw.restart_on_unhealthy.is_some_and(|r| {
+        c.record(format!("{key}.restart_on_unhealthy"), &r.span());
+        r.into_inner()
+    });
     let (restart, max_restarts, depends_on, essential, log) = supervision?;
+    let healthcheck = healthcheck?;
     c.restarts.insert(cname.to_owned(), restart);
     ok.then_some(ContainerSpec {
         image,
@@ -490,6 +500,187 @@ fn container(
         depends_on,
         essential,
         log,
+        healthcheck,
+        restart_on_unhealthy,
+    })
+}
+
+/// `healthcheck = { type = ..., ... }`: `type` decides which keys are required and allowed.
+fn healthcheck(
+    c: &mut Checker<'_>,
+    cname: &str,
+    container_span: &Range<usize>,
+    key: &str,
+    raw: RawHealthCheck,
+) -> Option<HealthCheck> {
+    let what = format!("container {cname:?}: healthcheck");
+    let key = format!("{key}.healthcheck");
+    let entry_span = [
+        raw.kind.as_ref().map(Spanned::span),
+        raw.command.as_ref().map(Spanned::span),
+        raw.port.as_ref().map(Spanned::span),
+        raw.path.as_ref().map(Spanned::span),
+        raw.interval.as_ref().map(Spanned::span),
+    ]
+    .into_iter()
+    .flatten()
+    .min_by_key(|s| s.start)
+    .unwrap_or_else(|| container_span.clone());
+    c.record(key.clone(), &entry_span);
+    let mut ok = true;
+    let Some(kind) = raw.kind else {
+        c.fail(
+            ErrorKind::MissingKey,
+            &entry_span,
+            format!("{what} has no `type`; write type = \"exec\", \"tcp\" or \"http\""),
+        );
+        return None;
+    };
+    let kind_name = kind.get_ref().as_str();
+    if !["exec", "tcp", "http"].contains(&kind_name) {
+        c.fail(
+            ErrorKind::InvalidValue,
+            &kind.span(),
+            format!(
+                "{what}: unknown type {kind_name:?}; the types are \"exec\", \"tcp\", \"http\""
+            ),
+        );
+        return None;
+    }
+    let refused = [
+        (
+            "command",
+            raw.command.as_ref().map(Spanned::span),
+            kind_name != "exec",
+        ),
+        (
+            "port",
+            raw.port.as_ref().map(Spanned::span),
+            kind_name == "exec",
+        ),
+        (
+            "path",
+            raw.path.as_ref().map(Spanned::span),
+            kind_name != "http",
+        ),
+        (
+            "status",
+            raw.status.as_ref().map(Spanned::span),
+            kind_name != "http",
+        ),
+    ];
+    for (k, span, refuse) in refused {
+        if let (Some(span), true) = (span, refuse) {
+            c.fail(
+                ErrorKind::InvalidValue,
+                &span,
+                format!("{what}: `{k}` does not apply to a {kind_name} check; remove it"),
+            );
+            ok = false;
+        }
+    }
+    let mut rule = |c: &mut Checker<'_>, span: &Range<usize>, r: Result<(), String>| {
+        let good = c.rule(span, r.map_err(|m| format!("{what}: {m}")));
+        ok &= good;
+    };
+    let mut duration =
+        |c: &mut Checker<'_>, field: &str, v: &Option<Spanned<toml::Value>>, default: Duration| {
+            let Some(v) = v else { return default };
+            c.record(format!("{key}.{field}"), &v.span());
+            match limits::duration(field, v.get_ref()) {
+                Ok(d) if d.is_zero() && field != "start_period" => {
+                    rule(c, &v.span(), Err(format!("`{field}` must be more than 0")));
+                    default
+                }
+                Ok(d) => d,
+                Err(m) => {
+                    rule(c, &v.span(), Err(m));
+                    default
+                }
+            }
+        };
+    let interval = duration(
+        c,
+        "interval",
+        &raw.interval,
+        supervision::DEFAULT_HEALTH_INTERVAL,
+    );
+    let timeout = duration(
+        c,
+        "timeout",
+        &raw.timeout,
+        supervision::DEFAULT_HEALTH_TIMEOUT,
+    );
+    let start_period = duration(c, "start_period", &raw.start_period, Duration::ZERO);
+    let mut retries = supervision::DEFAULT_HEALTH_RETRIES;
+    if let Some(r) = &raw.retries {
+        match supervision::retries(*r.get_ref()) {
+            Ok(n) => retries = n,
+            Err(m) => rule(c, &r.span(), Err(m)),
+        }
+    }
+    let port = match &raw.port {
+        Some(p) => match supervision::port(*p.get_ref()) {
+            Ok(n) => Some(n),
+            Err(m) => {
+                rule(c, &p.span(), Err(m));
+                None
+            }
+        },
+        None => None,
+    };
+    let probe = match kind_name {
+        "exec" => {
+            let Some(command) = argv(c, "command", raw.command)? else {
+                c.fail(
+                    ErrorKind::MissingKey,
+                    &kind.span(),
+                    format!("{what}: an exec check needs `command`, e.g. command = [\"/bin/sh\", \"-c\", \"test -f /ready\"]"),
+                );
+                return None;
+            };
+            Probe::Exec { command }
+        }
+        _ => {
+            let Some(port) = port else {
+                if raw.port.is_none() {
+                    c.fail(
+                        ErrorKind::MissingKey,
+                        &kind.span(),
+                        format!("{what}: a {kind_name} check needs `port`, e.g. port = 8080"),
+                    );
+                }
+                return None;
+            };
+            if kind_name == "tcp" {
+                Probe::Tcp { port }
+            } else {
+                let path = raw.path.map_or_else(|| "/".to_owned(), |p| {
+                    if !p.get_ref().starts_with('/') || p.get_ref().contains(char::is_whitespace) {
+                        rule(c, &p.span(), Err(format!("path {:?} must start with '/' and contain no spaces, e.g. \"/healthz\"", p.get_ref())));
+                    }
+                    p.into_inner()
+                });
+                let status = match &raw.status {
+                    Some(s) => match supervision::http_status(*s.get_ref()) {
+                        Ok(n) => n,
+                        Err(m) => {
+                            rule(c, &s.span(), Err(m));
+                            200
+                        }
+                    },
+                    None => 200,
+                };
+                Probe::Http { port, path, status }
+            }
+        }
+    };
+    ok.then_some(HealthCheck {
+        probe,
+        interval,
+        timeout,
+        retries,
+        start_period,
     })
 }
 

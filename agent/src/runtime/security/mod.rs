@@ -253,6 +253,8 @@ mod tests {
             depends_on: Default::default(),
             essential: false,
             log: Default::default(),
+            healthcheck: None,
+            restart_on_unhealthy: false,
         }
     }
 

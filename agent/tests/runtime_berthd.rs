@@ -361,6 +361,16 @@ max_restarts = 2
 image = "busybox"
 command = ["/bin/sleep", "1000"]
 depends_on = { web = "healthy", crash = "completed" }
+
+[containers.db]
+image = "busybox"
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 1; echo > /ready; while true; do sleep 1; done"]
+healthcheck = { type = "exec", command = ["/bin/sh", "-c", "test -f /ready"], interval = "300ms" }
+
+[containers.api]
+image = "busybox"
+command = ["/bin/sleep", "1000"]
+depends_on = { db = "healthy" }
 "#;
 
 #[test]
@@ -424,6 +434,27 @@ fn berthctl_drives_a_live_berthd() {
     berthd.wait_for("failed line", |l| {
         l == "berth: container=crash state=failed restarts=2 reason=max-restarts"
     });
+
+    // db turns healthy through its exec check (run inside it); only then does api start.
+    let now = wait_ps(&state, "api running", |p| {
+        container(p, "api").is_some_and(|c| c["state"] == "running")
+    });
+    assert_eq!(container(&now, "db").unwrap()["health"], "healthy");
+    let (_, out, _) = berthctl(&state, &["events", "--json"]);
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seq = |container: &str, state: &str| {
+        events
+            .iter()
+            .find(|e| e["container"] == container && e["state"] == state)
+            .unwrap_or_else(|| panic!("no {container} {state} in {out}"))["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(seq("api", "pending") < seq("db", "healthy"));
+    assert!(seq("db", "healthy") < seq("api", "running"));
 
     // Logs: tail, and follow while web keeps printing.
     let (code, out, _) = berthctl(&state, &["logs", "--tail", "2", "web"]);
@@ -495,7 +526,7 @@ fn berthctl_drives_a_live_berthd() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out,
-        "+ extra (add)\n~ crash (replace)\n- app (remove)\n= web (keep)\n3 changes to apply\n"
+        "+ extra (add)\n~ crash (replace)\n- app (remove)\n= api (keep)\n= db (keep)\n= web (keep)\n3 changes to apply\n"
     );
     assert_eq!(
         container(&ps(&state), "app").unwrap()["state"],

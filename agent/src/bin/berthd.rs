@@ -64,6 +64,12 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == INIT_ARG) {
         std::process::exit(runtime::init::shim_main());
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == runtime::exec::EXEC_ARG)
+    {
+        std::process::exit(runtime::exec::shim_main());
+    }
     let cli = Cli::parse();
     // Before any thread exists, so all of them inherit the mask.
     let signals = match Signals::block() {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::manifest::{
-    rules, Condition, ContainerSpec, Location, LogSettings, Manifest, ManifestError, MountDecl,
-    RestartPolicy,
+    rules, Condition, ContainerSpec, HealthCheck, Location, LogSettings, Manifest, ManifestError,
+    MountDecl, RestartPolicy,
 };
 use crate::runtime::cgroup::CgroupLimits;
 use crate::runtime::rootfs::ContainerMount;
@@ -63,6 +63,10 @@ pub struct Supervision {
     pub essential: bool,
     /// `log_max_size`, `log_files`.
     pub log: LogSettings,
+    /// `healthcheck`.
+    pub healthcheck: Option<HealthCheck>,
+    /// `restart_on_unhealthy`.
+    pub restart_on_unhealthy: bool,
 }
 
 impl Supervision {
@@ -75,6 +79,8 @@ impl Supervision {
             depends_on: spec.depends_on.clone(),
             essential: spec.essential,
             log: spec.log,
+            healthcheck: spec.healthcheck.clone(),
+            restart_on_unhealthy: spec.restart_on_unhealthy,
         }
     }
 }

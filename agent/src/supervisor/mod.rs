@@ -13,12 +13,14 @@ pub mod clock;
 pub mod control;
 pub mod deps;
 pub mod events;
+pub mod health;
 pub mod restart;
 pub mod signals;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -29,11 +31,13 @@ use nix::unistd::Pid;
 
 use crate::console::{self, Event};
 use crate::manifest::supervision;
+use crate::manifest::Probe;
 use crate::runtime::cgroup::{Cgroups, Leaf, Leaves};
+use crate::runtime::exec::{self, ExecConfig, Reaped};
 use crate::runtime::init::error_chain;
 use crate::runtime::logfile::{LogFile, Stream};
 use crate::runtime::output::Copier;
-use crate::runtime::{self, InitConfig, InitProgram, LaunchError, Launched, RootfsLayout};
+use crate::runtime::{self, probe, InitConfig, InitProgram, LaunchError, Launched, RootfsLayout};
 use clock::{Clock, SystemClock};
 use deps::{DepStatus, DepView};
 use events::{EventKind, Events};
@@ -67,6 +71,39 @@ pub trait Runner {
     }
     /// A container was removed (by `apply`): delete what it left on the state partition.
     fn forget(&mut self, _plan: &ContainerPlan) {}
+    /// Start a health check off the supervisor's thread; its result comes back from
+    /// [`Runner::probe_results`].
+    fn probe(&mut self, _request: ProbeRequest) {}
+    /// Health checks that ended since the last call.
+    fn probe_results(&mut self) -> Vec<ProbeResult> {
+        Vec::new()
+    }
+}
+
+/// A health check to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRequest {
+    /// Container name.
+    pub name: String,
+    /// Which run of the container it is for (results of an earlier run are ignored).
+    pub run: u64,
+    /// The check.
+    pub probe: Probe,
+    /// Its time limit.
+    pub timeout: Duration,
+    /// Where an exec check runs (pid, env, cwd).
+    pub exec: ExecConfig,
+}
+
+/// A health check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// Container name.
+    pub name: String,
+    /// The run it was for.
+    pub run: u64,
+    /// Whether it passed.
+    pub passed: bool,
 }
 
 /// How long a container's leaf cgroup may take to empty after its process ended.
@@ -80,6 +117,9 @@ pub struct HostRunner {
     /// Whether cgroup v2 can hold the containers (see [`Cgroups::probe`]).
     pub cgroups: Cgroups,
     leaves: Leaves,
+    probes: Arc<Mutex<Vec<ProbeResult>>>,
+    /// Exits the reaper collected, for threads waiting on their own children.
+    pub reaped: Reaped,
 }
 
 impl HostRunner {
@@ -90,6 +130,8 @@ impl HostRunner {
             init,
             cgroups,
             leaves: Leaves::new(),
+            probes: Arc::default(),
+            reaped: Reaped::default(),
         }
     }
 
@@ -166,11 +208,48 @@ impl Runner for HostRunner {
     }
 
     fn reap(&mut self) -> Vec<(Pid, i32)> {
-        reap_children()
+        let exits = reap_children();
+        for (pid, code) in &exits {
+            self.reaped.record(pid.as_raw(), *code);
+        }
+        exits
     }
 
     fn cleanup(&mut self, rootfs: &RootfsLayout) {
         unmount_rootfs(&rootfs.target);
+    }
+
+    fn probe(&mut self, request: ProbeRequest) {
+        let results = self.probes.clone();
+        let shim = exec::shim_program();
+        let reaped = self.reaped.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("probe-{}", request.name))
+            .spawn(move || {
+                let passed = probe::check(
+                    &request.probe,
+                    request.timeout,
+                    &shim,
+                    &request.exec,
+                    &reaped,
+                );
+                let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+                results.push(ProbeResult {
+                    name: request.name,
+                    run: request.run,
+                    passed,
+                });
+            });
+        if let Err(e) = spawned {
+            console::emit(&Event::Error {
+                what: format!("cannot start a health check thread: {e}"),
+            });
+        }
+    }
+
+    fn probe_results(&mut self) -> Vec<ProbeResult> {
+        let mut results = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *results)
     }
 
     fn forget(&mut self, plan: &ContainerPlan) {
@@ -354,6 +433,10 @@ pub struct Slot {
     replacement: Option<Box<ContainerPlan>>,
     /// Once stopped, remove it (`apply` removed it).
     remove: bool,
+    /// Runs so far (each start is a new run; health results carry it).
+    run: u64,
+    /// The current run's health checks.
+    tracker: Option<health::Tracker>,
 }
 
 impl Slot {
@@ -372,6 +455,8 @@ impl Slot {
             start_after_stop: false,
             replacement: None,
             remove: false,
+            run: 0,
+            tracker: None,
         }
     }
 
@@ -567,10 +652,67 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
                 _ => {}
             }
         }
+        self.check_health();
         self.drop_removed();
         self.start_pending();
         self.update_host_state();
         self.next_deadline()
+    }
+
+    /// Record health check results (changes become events; an unhealthy container with
+    /// `restart_on_unhealthy` is restarted) and start the checks that are due.
+    fn check_health(&mut self) {
+        for result in self.runner.probe_results() {
+            let now = self.clock.now();
+            let Some(index) = self.index_of(&result.name) else {
+                continue;
+            };
+            let slot = &mut self.slots[index];
+            if slot.run != result.run || slot.pid().is_none() {
+                continue;
+            }
+            let Some(tracker) = &mut slot.tracker else {
+                continue;
+            };
+            let Some(health) = tracker.record(result.passed, now) else {
+                continue;
+            };
+            slot.health = health;
+            let restart = health == Health::Unhealthy
+                && slot.plan.supervision.restart_on_unhealthy
+                && !slot.stop_requested;
+            let kind = match health {
+                Health::Unhealthy => EventKind::Unhealthy,
+                _ => EventKind::Healthy,
+            };
+            self.event(Some(&result.name), kind);
+            if restart {
+                self.slots[index].restarts += 1;
+                let _ = self.restart_container(&result.name);
+            }
+        }
+        let now = self.clock.now();
+        for slot in &mut self.slots {
+            let Some(pid) = slot.pid() else { continue };
+            let Some(tracker) = &mut slot.tracker else {
+                continue;
+            };
+            if tracker.start_due(now) {
+                let process = &slot.plan.init.process;
+                self.runner.probe(ProbeRequest {
+                    name: slot.plan.name.clone(),
+                    run: slot.run,
+                    probe: tracker.check.probe.clone(),
+                    timeout: tracker.check.timeout,
+                    exec: ExecConfig {
+                        pid: pid.as_raw(),
+                        args: Vec::new(),
+                        env: process.env.clone(),
+                        cwd: process.cwd.clone(),
+                    },
+                });
+            }
+        }
     }
 
     /// Start pending containers whose dependencies are met, repeating while starts unblock
@@ -654,6 +796,7 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
                 State::Running { since, .. } if s.in_a_row > 0 => Some(since + restart::STABLE_RUN),
                 _ => None,
             })
+            .chain(self.slots.iter().filter_map(|s| s.tracker.as_ref()?.next()))
             .min()
     }
 
@@ -693,7 +836,18 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
                 };
                 slot.started_once = true;
                 slot.started_ms = Some(self.clock.unix_millis());
-                slot.health = Health::None;
+                slot.run += 1;
+                slot.tracker = slot
+                    .plan
+                    .supervision
+                    .healthcheck
+                    .clone()
+                    .map(|check| health::Tracker::new(check, self.clock.now()));
+                slot.health = if slot.tracker.is_some() {
+                    Health::Starting
+                } else {
+                    Health::None
+                };
                 self.event(
                     Some(&name),
                     EventKind::Running {
@@ -755,6 +909,7 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
         let name = self.slots[index].plan.name.clone();
         self.slots[index].last_exit = Some(code);
         self.slots[index].health = Health::None;
+        self.slots[index].tracker = None;
         self.event(
             Some(&name),
             EventKind::Exited {
@@ -1110,6 +1265,8 @@ mod tests {
         cleaned: Vec<PathBuf>,
         oom: Vec<String>,
         released: Vec<String>,
+        probes: Vec<ProbeRequest>,
+        results: Vec<ProbeResult>,
     }
 
     impl Runner for FakeRunner {
@@ -1150,6 +1307,12 @@ mod tests {
         fn release(&mut self, name: &str) -> Option<&'static str> {
             self.released.push(name.to_string());
             self.oom.iter().any(|n| n == name).then_some("oom")
+        }
+        fn probe(&mut self, request: ProbeRequest) {
+            self.probes.push(request);
+        }
+        fn probe_results(&mut self) -> Vec<ProbeResult> {
+            std::mem::take(&mut self.results)
         }
     }
 
@@ -1642,5 +1805,102 @@ mod tests {
             sup.stop("nope"),
             Err(ControlError::Unknown { .. })
         ));
+    }
+
+    fn tcp_check(retries: u32) -> crate::manifest::HealthCheck {
+        crate::manifest::HealthCheck {
+            probe: Probe::Tcp { port: 5432 },
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            retries,
+            start_period: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn healthy_dependency_gates_start_and_unhealthy_restarts() {
+        let db = with("db", |s| {
+            s.healthcheck = Some(tcp_check(2));
+            s.restart_on_unhealthy = true;
+        });
+        let app = with("app", |s| {
+            s.depends_on.insert("db".into(), Condition::Healthy);
+        });
+        let runner = FakeRunner {
+            term_exits: vec![Pid::from_raw(101)],
+            ..FakeRunner::default()
+        };
+        let (mut sup, clock) = supervised(vec![app, db], runner);
+        assert_eq!(sup.start_all(), 1);
+        assert_eq!(sup.slot("db").unwrap().health, Health::Starting);
+        assert!(
+            sup.runner().probes.is_empty(),
+            "first check after one interval"
+        );
+        let next = sup.tick().unwrap();
+        assert_eq!(next, clock.now() + Duration::from_secs(1));
+        clock.advance(Duration::from_secs(1));
+        sup.tick();
+        let probe = sup.runner().probes[0].clone();
+        assert_eq!((probe.name.as_str(), probe.run), ("db", 1));
+        assert_eq!(probe.exec.pid, 101);
+        assert_eq!(probe.probe, Probe::Tcp { port: 5432 });
+        // No second check while one runs.
+        clock.advance(Duration::from_secs(5));
+        sup.tick();
+        assert_eq!(sup.runner().probes.len(), 1);
+        assert_eq!(sup.pid_of("app"), None);
+        sup.runner.results.push(ProbeResult {
+            name: "db".into(),
+            run: 1,
+            passed: true,
+        });
+        sup.tick();
+        assert_eq!(sup.slot("db").unwrap().health, Health::Healthy);
+        assert_eq!(sup.pid_of("app"), Some(Pid::from_raw(102)));
+
+        // Two failures in a row: unhealthy, then restarted (stop signal, exit, new run).
+        for _ in 0..2 {
+            clock.advance(Duration::from_secs(1));
+            sup.tick();
+            let run = sup.runner().probes.last().unwrap().run;
+            sup.runner.results.push(ProbeResult {
+                name: "db".into(),
+                run,
+                passed: false,
+            });
+            sup.tick();
+        }
+        assert_eq!(
+            sup.runner().signals,
+            [(Pid::from_raw(101), Signal::SIGTERM)]
+        );
+        sup.tick();
+        assert_eq!(sup.pid_of("db"), Some(Pid::from_raw(103)));
+        assert_eq!(sup.slot("db").unwrap().health, Health::Starting);
+        assert_eq!(sup.slot("db").unwrap().restarts, 1);
+        let db_events: Vec<&str> = kinds(&sup, "db")
+            .iter()
+            .map(|k| match k {
+                EventKind::Healthy => "healthy",
+                EventKind::Unhealthy => "unhealthy",
+                EventKind::Stopped => "stopped",
+                EventKind::Running { .. } => "running",
+                _ => "",
+            })
+            .filter(|k| !k.is_empty())
+            .collect();
+        assert_eq!(
+            db_events,
+            ["running", "healthy", "unhealthy", "stopped", "running"]
+        );
+        // A late result of the old run is ignored.
+        sup.runner.results.push(ProbeResult {
+            name: "db".into(),
+            run: 1,
+            passed: true,
+        });
+        sup.tick();
+        assert_eq!(sup.slot("db").unwrap().health, Health::Starting);
     }
 }

@@ -81,6 +81,8 @@ const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
     ("depends-on-never-completes.toml", 8, 16, ErrorKind::InvalidValue, "\"web\" has restart = \"always\" and never completes"),
     ("log-max-size-too-small.toml", 8, 16, ErrorKind::InvalidValue, "`log_max_size` is 1000 bytes; the minimum is 4096 bytes"),
     ("max-restarts-negative.toml", 8, 16, ErrorKind::InvalidValue, "`max_restarts` is -1"),
+    ("api-token-short.toml", 6, 13, ErrorKind::InvalidValue, "`api_token` must be at least 16 printable ASCII characters"),
+    ("api-port-without-token.toml", 4, 12, ErrorKind::MissingKey, "`api_port` needs `api_token`"),
     ("healthcheck-bad-port.toml", 8, 38, ErrorKind::InvalidValue, "container \"web\": healthcheck: port 70000 is not a TCP port"),
     ("healthcheck-path-on-tcp.toml", 8, 49, ErrorKind::InvalidValue, "healthcheck: `path` does not apply to a tcp check; remove it"),
     ("healthcheck-exec-no-command.toml", 8, 24, ErrorKind::MissingKey, "an exec check needs `command`"),
@@ -206,6 +208,19 @@ fn supervision_keys_are_read() {
         }
     );
     assert_eq!(cache.start_period, Duration::from_secs(5));
+}
+
+#[test]
+fn the_remote_api_is_off_unless_asked_for() {
+    let m = Manifest::parse("version = 1\n", Path::new("m.toml")).unwrap();
+    assert_eq!(m.host.api, None);
+    let m = Manifest::parse(
+        "version = 1\n[host]\napi_port = 7070\napi_token = \"0123456789abcdef\"\n",
+        Path::new("m.toml"),
+    )
+    .unwrap();
+    let api = m.host.api.unwrap();
+    assert_eq!((api.port, api.token.as_str()), (7070, "0123456789abcdef"));
 }
 
 #[test]

@@ -55,6 +55,7 @@ impl Berthd {
             .arg(state)
             .arg("--api-socket")
             .arg(api_socket(state))
+            .args(["--remote-api-address", "127.0.0.1"])
             .args(["--stop-grace", "0.5"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -343,6 +344,10 @@ fn wait_ps(
 
 const LIVE: &str = r#"version = 1
 
+[host]
+api_port = API_PORT
+api_token = "test-token-0123456789"
+
 [images]
 busybox = { source = "oci-layout:images/busybox" }
 
@@ -390,10 +395,19 @@ fn berthctl_drives_a_live_berthd() {
     )
     .unwrap();
     let manifest = tmp.path().join("manifest.toml");
-    fs::write(&manifest, LIVE).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let live = LIVE.replace("API_PORT", &port.to_string());
+    fs::write(&manifest, &live).unwrap();
     let state = tmp.path().join("state");
     let mut berthd = Berthd::start(&manifest, &state);
-    berthd.wait_for("api", |l| l.starts_with("berth: api listening on "));
+    berthd.wait_for("api", |l| l.starts_with("berth: api listening on /"));
+    berthd.wait_for("remote api", |l| {
+        l == format!("berth: api listening on tcp 127.0.0.1:{port} (token required)")
+    });
     let mode = fs::metadata(api_socket(&state)).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
@@ -491,6 +505,52 @@ fn berthctl_drives_a_live_berthd() {
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{followed:?}");
     assert!(numbers[0] > 2, "followed lines are new ones: {followed:?}");
 
+    // exec on the host: inside web's namespaces, its exit code passed through.
+    let (code, out, err) = berthctl(
+        &state,
+        &[
+            "exec",
+            "web",
+            "--",
+            "/bin/sh",
+            "-c",
+            "hostname; pwd; test -f /ready || echo not-db; exit 7",
+        ],
+    );
+    assert_eq!(code, 7, "{err}");
+    assert_eq!(out, "web\n/\nnot-db\n");
+    // exec and ps through the remote API with the token; a wrong token is refused.
+    let remote = |token: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+            .args(["--host", &format!("127.0.0.1:{port}"), "--token", token])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = remote(
+        "test-token-0123456789",
+        &[
+            "exec",
+            "db",
+            "--",
+            "/bin/sh",
+            "-c",
+            "test -f /ready && hostname",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "db\n"), "{err}");
+    let (code, out, _) = remote("test-token-0123456789", &["ps"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("web") && out.contains("running"), "{out}");
+    let (code, _, err) = remote("wrong-token-0123456789", &["ps"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing or wrong token"), "{err}");
+
     // stop / start / inspect; a missing container is exit code 4.
     let web_pid = container(&ps(&state), "web").unwrap()["pid"]
         .as_i64()
@@ -513,7 +573,7 @@ fn berthctl_drives_a_live_berthd() {
     assert!(err.contains("no container named \"nope\""), "{err}");
 
     // diff and apply: web unchanged (same pid), crash changed, app removed, extra added.
-    let next = LIVE
+    let next = live
         .replace("echo boom >&2; exit 3", "echo fixed")
         .replace(
             "[containers.app]\nimage = \"busybox\"\ncommand = [\"/bin/sleep\", \"1000\"]\ndepends_on = { web = \"healthy\", crash = \"completed\" }\n",
@@ -543,7 +603,7 @@ fn berthctl_drives_a_live_berthd() {
     assert_eq!(code, 1);
     assert!(
         err.contains(&format!(
-            "{}:9:11: container \"web\": unknown restart policy",
+            "{}:13:11: container \"web\": unknown restart policy",
             bad_file.display()
         )),
         "{err}"

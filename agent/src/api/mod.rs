@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::runtime::exec::ExecConfig;
 use crate::supervisor::events::Event;
 
 /// The API version in every path (`/v1/...`).
@@ -123,6 +124,29 @@ pub struct ApplyReport {
     pub applied: bool,
 }
 
+/// `POST /v1/containers/NAME/exec`: a command to run in the container (output collected).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// argv.
+    pub args: Vec<String>,
+    /// Kill it after this long (default and maximum: 10 minutes).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// What an exec through the API produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecResult {
+    /// Its exit code (`null` when it was killed at its timeout).
+    pub exit_code: Option<i32>,
+    /// Its standard output (UTF-8, invalid bytes replaced).
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
 /// A power request to PID 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Power {
@@ -162,6 +186,8 @@ pub enum Command {
     },
     /// Ask PID 1 to power off or reboot.
     Power(Power),
+    /// Where to run a command in a running container (pid, env, cwd).
+    ExecTarget(String),
 }
 
 /// The supervisor's answer.
@@ -177,6 +203,8 @@ pub enum Reply {
     LogPath(PathBuf, u32),
     /// For [`Command::Apply`].
     Applied(ApplyReport),
+    /// For [`Command::ExecTarget`].
+    ExecTarget(ExecConfig),
     /// The request was carried out.
     Done,
     /// No such container.

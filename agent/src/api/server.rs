@@ -22,11 +22,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::body::{full, ApiBody, ChannelBody};
-use super::{Command, Envelope, ErrorBody, Power, Reply, AUTHORIZATION, VERSION};
+use super::{
+    Command, Envelope, ErrorBody, ExecRequest, ExecResult, Power, Reply, AUTHORIZATION, VERSION,
+};
+use crate::runtime::exec::{self, ExecConfig, Reaped};
 use crate::runtime::logfile;
 
 /// Largest request body accepted (a manifest): 1 MiB, like the manifest limit.
 const MAX_BODY: usize = 1024 * 1024;
+
+/// The longest an exec through the API may run.
+const MAX_EXEC: Duration = Duration::from_secs(600);
 
 /// How often `logs -f` looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -69,10 +75,13 @@ pub struct Listen {
 struct Ctx {
     tx: Sender<Envelope>,
     token: Option<String>,
+    reaped: Reaped,
 }
 
 /// Bind the listeners now (so errors are reported at start-up) and serve on a new thread.
-pub fn spawn(listen: &Listen, tx: Sender<Envelope>) -> Result<(), ServerError> {
+/// `reaped` is where berthd's reaper leaves the exit codes of children it collected (exec
+/// shims started here are its children too).
+pub fn spawn(listen: &Listen, tx: Sender<Envelope>, reaped: Reaped) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -109,6 +118,7 @@ pub fn spawn(listen: &Listen, tx: Sender<Envelope>) -> Result<(), ServerError> {
     let local = Arc::new(Ctx {
         tx: tx.clone(),
         token: None,
+        reaped: reaped.clone(),
     });
     std::thread::Builder::new()
         .name("api".into())
@@ -118,6 +128,7 @@ pub fn spawn(listen: &Listen, tx: Sender<Envelope>) -> Result<(), ServerError> {
                     let remote = Arc::new(Ctx {
                         tx,
                         token: Some(token),
+                        reaped,
                     });
                     tokio::spawn(async move {
                         loop {
@@ -208,7 +219,9 @@ fn reply(reply: Option<Reply>) -> Response<ApiBody> {
         Some(Reply::Container(c)) => json(StatusCode::OK, &c),
         Some(Reply::Events(e)) => json(StatusCode::OK, &e),
         Some(Reply::Applied(r)) => json(StatusCode::OK, &r),
-        Some(Reply::LogPath(..)) | Some(Reply::Done) => empty(StatusCode::NO_CONTENT),
+        Some(Reply::LogPath(..)) | Some(Reply::ExecTarget(_)) | Some(Reply::Done) => {
+            empty(StatusCode::NO_CONTENT)
+        }
         Some(Reply::NotFound(m)) => error(StatusCode::NOT_FOUND, m),
         Some(Reply::Invalid(m)) => error(StatusCode::UNPROCESSABLE_ENTITY, m),
         Some(Reply::Conflict(m)) => error(StatusCode::CONFLICT, m),
@@ -270,6 +283,24 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx) -> Response<ApiBody> {
         (Method::GET, ["containers"]) => reply(ask(ctx, Command::List).await),
         (Method::GET, ["containers", name]) => {
             reply(ask(ctx, Command::Inspect((*name).to_owned())).await)
+        }
+        (Method::POST, ["containers", name, "exec"]) => {
+            let name = (*name).to_owned();
+            let body = match read_body(req).await {
+                Ok(text) => text,
+                Err(response) => return response,
+            };
+            let request: ExecRequest = match serde_json::from_str(&body) {
+                Ok(r) => r,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad exec request: {e}")),
+            };
+            if request.args.is_empty() {
+                return error(StatusCode::BAD_REQUEST, "exec needs a command");
+            }
+            match ask(ctx, Command::ExecTarget(name)).await {
+                Some(Reply::ExecTarget(target)) => exec(target, request, ctx.reaped.clone()).await,
+                other => reply(other),
+            }
         }
         (Method::POST, ["containers", name, action]) => {
             let name = (*name).to_owned();
@@ -335,6 +366,74 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx) -> Response<ApiBody> {
             format!("unknown request {} {path}; see docs/api.md", req.method()),
         ),
     }
+}
+
+/// Run an exec shim on a thread (it blocks while the command runs) and collect its output.
+async fn exec(target: ExecConfig, request: ExecRequest, reaped: Reaped) -> Response<ApiBody> {
+    let limit = Duration::from_millis(request.timeout_ms.unwrap_or(u64::MAX)).min(MAX_EXEC);
+    let cfg = ExecConfig {
+        args: request.args,
+        ..target
+    };
+    let (tx, rx) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("exec".into())
+        .spawn(move || {
+            let _ = tx.send(run_exec(&cfg, limit, &reaped));
+        });
+    if let Err(e) = spawned {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot start exec: {e}"),
+        );
+    }
+    match rx.await {
+        Ok(Ok(result)) => json(StatusCode::OK, &result),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot run the exec shim: {e}"),
+        ),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exec ended without a result",
+        ),
+    }
+}
+
+fn run_exec(cfg: &ExecConfig, limit: Duration, reaped: &Reaped) -> io::Result<ExecResult> {
+    use std::io::Read;
+    let mut cmd = exec::command(&exec::shim_program(), cfg)?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let mut readers = Vec::new();
+    for pipe in [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        readers.push(std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.take(MAX_BODY as u64).read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        }));
+    }
+    let exit_code = exec::wait_child(&mut child, Some(std::time::Instant::now() + limit), reaped);
+    let mut outputs = readers.into_iter().map(|r| r.join().unwrap_or_default());
+    Ok(ExecResult {
+        exit_code,
+        stdout: outputs.next().unwrap_or_default(),
+        stderr: outputs.next().unwrap_or_default(),
+    })
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<String, Response<ApiBody>> {

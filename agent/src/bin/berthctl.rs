@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use berth_agent::api::client::{Client, ClientError, Target};
 use berth_agent::api::{ApplyReport, ContainerDetail, HostStatus, DEFAULT_SOCKET};
 use berth_agent::manifest::Manifest;
+use berth_agent::runtime::exec;
 use berth_agent::supervisor::events::Event;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use hyper::{Method, StatusCode};
@@ -58,6 +59,9 @@ enum Command {
     Stop(NameArgs),
     /// Stop a container and start it again.
     Restart(NameArgs),
+    /// Run a command inside a running container (`exec NAME -- CMD...`); exits with its
+    /// status.
+    Exec(ExecArgs),
     /// Show the state changes berthd recorded (and follow new ones with -f).
     Events(EventsArgs),
     /// Make the host run this manifest: unchanged containers are left alone, changed ones
@@ -122,6 +126,18 @@ struct LogsArgs {
 }
 
 #[derive(Debug, Args)]
+struct ExecArgs {
+    /// Attach the command to this terminal (interactive; only on the host itself).
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Container name.
+    name: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 struct EventsArgs {
     /// Keep printing new events.
     #[arg(short, long)]
@@ -145,6 +161,14 @@ const EXIT_UNREACHABLE: u8 = 3;
 const EXIT_NOT_FOUND: u8 = 4;
 
 fn main() -> ExitCode {
+    // `berthctl exec` re-executes itself as the exec shim, single-threaded, before anything.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == exec::EXEC_ARG)
+    {
+        let code = exec::shim_main();
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
     let target = match (&cli.host, &cli.token) {
@@ -173,26 +197,85 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "berthctl", &mut stdout.lock());
             return ExitCode::SUCCESS;
         }
+        Command::Exec(args) => {
+            return match Client::new(target.clone()).and_then(|c| exec_in(&c, &target, &args)) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => fail(&e),
+            };
+        }
         command => Client::new(target).and_then(|client| remote(&client, command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let mut err = stderr.lock();
-            let _ = write!(err, "berthctl: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                let _ = write!(err, ": {s}");
-                source = s.source();
+        Err(e) => fail(&e),
+    }
+}
+
+/// Print `e` (with its causes) and pick the exit code.
+fn fail(e: &ClientError) -> ExitCode {
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "berthctl: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let _ = write!(err, ": {s}");
+        source = s.source();
+    }
+    let _ = writeln!(err);
+    ExitCode::from(match e {
+        ClientError::Connect { .. } => EXIT_UNREACHABLE,
+        ClientError::Status { status, .. } if *status == StatusCode::NOT_FOUND => EXIT_NOT_FOUND,
+        _ => 1,
+    })
+}
+
+/// `exec`: on the host, enter the container here (stdio and terminal inherited); remotely,
+/// berthd runs it and sends the output back. Returns the command's exit code.
+fn exec_in(client: &Client, target: &Target, args: &ExecArgs) -> Result<i32, ClientError> {
+    let refused = |message: String| ClientError::Status {
+        status: StatusCode::CONFLICT,
+        message,
+    };
+    match target {
+        Target::Unix(_) => {
+            let detail: ContainerDetail = client.get(&format!("/v1/containers/{}", args.name))?;
+            let Some(pid) = detail.status.pid else {
+                return Err(refused(format!(
+                    "container {:?} is {}, not running; start it first",
+                    args.name, detail.status.state
+                )));
+            };
+            let cfg = exec::ExecConfig {
+                pid,
+                args: args.command.clone(),
+                env: detail.env,
+                cwd: detail.cwd,
+            };
+            let status = exec::command(&exec::shim_program(), &cfg)
+                .and_then(|mut cmd| cmd.status())
+                .map_err(|e| refused(format!("cannot start the exec shim: {e}")))?;
+            Ok(status.code().unwrap_or(1))
+        }
+        Target::Tcp { .. } => {
+            if args.tty {
+                return Err(refused(
+                    "a terminal needs berthctl on the host itself (over --host the output is collected and shown when the command ends)".into(),
+                ));
             }
-            let _ = writeln!(err);
-            ExitCode::from(match &e {
-                ClientError::Connect { .. } => EXIT_UNREACHABLE,
-                ClientError::Status { status, .. } if *status == StatusCode::NOT_FOUND => {
-                    EXIT_NOT_FOUND
-                }
-                _ => 1,
-            })
+            let request = berth_agent::api::ExecRequest {
+                args: args.command.clone(),
+                timeout_ms: None,
+            };
+            let body = serde_json::to_vec(&request).map_err(ClientError::Decode)?;
+            let bytes = client.call(
+                Method::POST,
+                &format!("/v1/containers/{}/exec", args.name),
+                Some(body),
+            )?;
+            let result: berth_agent::api::ExecResult =
+                serde_json::from_slice(&bytes).map_err(ClientError::Decode)?;
+            let _ = std::io::stdout().write_all(result.stdout.as_bytes());
+            let _ = std::io::stderr().write_all(result.stderr.as_bytes());
+            Ok(result.exit_code.unwrap_or(137))
         }
     }
 }
@@ -257,7 +340,7 @@ fn remote(client: &Client, command: Command) -> Result<(), ClientError> {
             client.call(Method::POST, "/v1/host/reboot", None)?;
             let _ = writeln!(out, "rebooting");
         }
-        Command::Validate(_) | Command::Completions { .. } => {}
+        Command::Validate(_) | Command::Completions { .. } | Command::Exec(_) => {}
     }
     Ok(())
 }

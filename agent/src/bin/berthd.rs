@@ -48,6 +48,9 @@ struct Cli {
     /// The API's Unix socket (default: $BERTH_API_SOCKET, else /run/berth/api.sock).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// The address the remote API (the manifest's `api_port`) listens on.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    remote_api_address: std::net::IpAddr,
 }
 
 fn from_env_or(flag: Option<PathBuf>, var: &str, default: &str) -> PathBuf {
@@ -121,20 +124,29 @@ fn main() -> ExitCode {
     if let Some(what) = cgroups.warning() {
         console::emit(&Event::Warning { what });
     }
-    let mut sup = Supervisor::new(
-        SupervisorConfig { stop_grace },
-        HostRunner::new(InitProgram::current_exe(), cgroups),
-        boot.plans,
-    );
+    let runner = HostRunner::new(InitProgram::current_exe(), cgroups);
+    let reaped = runner.reaped.clone();
+    let remote = boot.manifest.host.api.as_ref().map(|api| {
+        let addr = std::net::SocketAddr::new(cli.remote_api_address, api.port);
+        (addr.to_string(), api.token.clone())
+    });
+    let mut sup = Supervisor::new(SupervisorConfig { stop_grace }, runner, boot.plans);
     let (tx, requests) = std::sync::mpsc::channel();
     let listen = server::Listen {
         socket: api_socket.clone(),
-        tcp: None,
+        tcp: remote.clone(),
     };
-    match server::spawn(&listen, tx) {
-        Ok(()) => console::emit(&Event::ApiListening {
-            at: api_socket.display().to_string(),
-        }),
+    match server::spawn(&listen, tx, reaped) {
+        Ok(()) => {
+            console::emit(&Event::ApiListening {
+                at: api_socket.display().to_string(),
+            });
+            if let Some((addr, _)) = &remote {
+                console::emit(&Event::ApiListening {
+                    at: format!("tcp {addr} (token required)"),
+                });
+            }
+        }
         Err(e) => console::emit(&Event::Error {
             what: format!("the API is not available: {}", error_chain(&e)),
         }),

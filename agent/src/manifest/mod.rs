@@ -80,15 +80,31 @@ impl PartialEq for Manifest {
 pub struct Host {
     /// The machine's hostname (default "berth").
     pub hostname: String,
+    /// `api_port` + `api_token`: the remote API (off when `None`).
+    pub api: Option<RemoteApi>,
 }
 
 impl Default for Host {
     fn default() -> Self {
         Host {
             hostname: DEFAULT_HOSTNAME.to_owned(),
+            api: None,
         }
     }
 }
+
+/// The remote API: berthd's API on a TCP port of every address, for clients that send the
+/// token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteApi {
+    /// TCP port.
+    pub port: u16,
+    /// The bearer token clients must send.
+    pub token: String,
+}
+
+/// Shortest `api_token` accepted.
+pub const MIN_API_TOKEN: usize = 16;
 
 /// One `[images]` entry.
 #[derive(Debug, Clone, PartialEq)]

@@ -45,6 +45,8 @@ pub(super) struct RawManifest {
 #[serde(deny_unknown_fields, expecting = "a table like `[host]`")]
 pub(super) struct RawHost {
     pub hostname: Option<Spanned<String>>,
+    pub api_port: Option<Spanned<i64>>,
+    pub api_token: Option<Spanned<String>>,
 }
 
 /// One `[images]` entry.
@@ -154,6 +156,8 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "target" => "target = \"/data\"",
         "size" => "size = \"64M\"",
         "mode" => "mode = \"1777\"",
+        "api_port" => "api_port = 7070",
+        "api_token" => "api_token = \"a-long-random-secret\"",
         "restart" => "restart = \"on-failure\"",
         "max_restarts" => "max_restarts = 5",
         "depends_on" => "depends_on = { db = \"healthy\" }",

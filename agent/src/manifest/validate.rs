@@ -17,8 +17,8 @@ use super::location::Location;
 use super::schema::{RawContainer, RawHealthCheck, RawImage, RawManifest, RawMount, VersionProbe};
 use super::supervision::{self, Condition, HealthCheck, LogSettings, Probe, RestartPolicy};
 use super::{
-    limits, rules, ContainerSpec, Host, ImageDecl, Manifest, MountDecl, Origin, SeccompProfile,
-    DEFAULT_HOSTNAME, SUPPORTED_VERSIONS,
+    limits, rules, ContainerSpec, Host, ImageDecl, Manifest, MountDecl, Origin, RemoteApi,
+    SeccompProfile, DEFAULT_HOSTNAME, MIN_API_TOKEN, SUPPORTED_VERSIONS,
 };
 
 /// Checks `version` (read by the probe before the full schema is applied).
@@ -137,12 +137,16 @@ pub(super) fn validate(
 
     let mut host = Host {
         hostname: DEFAULT_HOSTNAME.to_owned(),
+        api: None,
     };
-    if let Some(hostname) = raw.host.and_then(|h| h.hostname) {
-        c.record("host.hostname".into(), &hostname.span());
-        if c.rule(&hostname.span(), rules::hostname(hostname.get_ref())) {
-            host.hostname = hostname.into_inner();
+    if let Some(raw_host) = raw.host {
+        if let Some(hostname) = raw_host.hostname {
+            c.record("host.hostname".into(), &hostname.span());
+            if c.rule(&hostname.span(), rules::hostname(hostname.get_ref())) {
+                host.hostname = hostname.into_inner();
+            }
         }
+        host.api = remote_api(&mut c, raw_host.api_port, raw_host.api_token);
     }
 
     let mut images = BTreeMap::new();
@@ -172,6 +176,63 @@ pub(super) fn validate(
         containers,
         origin: c.origin,
     })
+}
+
+/// `api_port` and `api_token` go together; the token must be long enough to guess badly.
+fn remote_api(
+    c: &mut Checker<'_>,
+    port: Option<Spanned<i64>>,
+    token: Option<Spanned<String>>,
+) -> Option<RemoteApi> {
+    match (port, token) {
+        (None, None) => None,
+        (Some(p), None) => {
+            c.fail(
+                ErrorKind::MissingKey,
+                &p.span(),
+                "`api_port` needs `api_token`: the remote API only answers clients that send it; add api_token = \"...\" (at least 16 characters, e.g. from `head -c 24 /dev/urandom | base64`)".into(),
+            );
+            None
+        }
+        (None, Some(t)) => {
+            c.fail(
+                ErrorKind::MissingKey,
+                &t.span(),
+                "`api_token` without `api_port`: add api_port = 7070 to turn the remote API on, or remove the token".into(),
+            );
+            None
+        }
+        (Some(p), Some(t)) => {
+            c.record("host.api_port".into(), &p.span());
+            c.record("host.api_token".into(), &t.span());
+            let port = match supervision::port(*p.get_ref()) {
+                Ok(port) => Some(port),
+                Err(m) => {
+                    c.fail(
+                        ErrorKind::InvalidValue,
+                        &p.span(),
+                        format!("`api_port`: {m}"),
+                    );
+                    None
+                }
+            };
+            let token = t.get_ref();
+            let good_token = token.chars().count() >= MIN_API_TOKEN
+                && token.chars().all(|ch| ch.is_ascii_graphic());
+            if !good_token {
+                c.fail(
+                    ErrorKind::InvalidValue,
+                    &t.span(),
+                    format!("`api_token` must be at least {MIN_API_TOKEN} printable ASCII characters without spaces; generate one with `head -c 24 /dev/urandom | base64`"),
+                );
+                return None;
+            }
+            Some(RemoteApi {
+                port: port?,
+                token: t.into_inner(),
+            })
+        }
+    }
 }
 
 fn image_decl(c: &mut Checker<'_>, name: &Spanned<String>, image: RawImage) -> Option<ImageDecl> {

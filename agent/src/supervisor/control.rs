@@ -12,6 +12,7 @@ use super::{boot, Clock, ContainerPlan, DepStatus, Runner, Slot, State, Supervis
 use crate::api::{Command, ContainerDetail, ContainerStatus, Envelope, HostStatus, Power, Reply};
 use crate::console::{self, Event};
 use crate::manifest::Manifest;
+use crate::runtime::exec::ExecConfig;
 use crate::runtime::init::error_chain;
 
 /// The name of the applied manifest in the state directory; berthd prefers it at boot.
@@ -78,6 +79,21 @@ impl Control {
             },
             Command::Apply { text, apply } => self.apply(sup, &text, apply),
             Command::Power(power) => self.power(power),
+            Command::ExecTarget(name) => match sup.slot(&name) {
+                None => not_found(&name),
+                Some(slot) => match slot.pid() {
+                    None => Reply::Conflict(format!(
+                        "container {name:?} is {}, not running; start it first",
+                        slot.state.name()
+                    )),
+                    Some(pid) => Reply::ExecTarget(ExecConfig {
+                        pid: pid.as_raw(),
+                        args: Vec::new(),
+                        env: slot.plan.init.process.env.clone(),
+                        cwd: slot.plan.init.process.cwd.clone(),
+                    }),
+                },
+            },
         }
     }
 

@@ -1267,6 +1267,7 @@ mod tests {
         released: Vec<String>,
         probes: Vec<ProbeRequest>,
         results: Vec<ProbeResult>,
+        forgotten: Vec<String>,
     }
 
     impl Runner for FakeRunner {
@@ -1310,6 +1311,9 @@ mod tests {
         }
         fn probe(&mut self, request: ProbeRequest) {
             self.probes.push(request);
+        }
+        fn forget(&mut self, plan: &ContainerPlan) {
+            self.forgotten.push(plan.name.clone());
         }
         fn probe_results(&mut self) -> Vec<ProbeResult> {
             std::mem::take(&mut self.results)
@@ -1902,5 +1906,73 @@ mod tests {
         });
         sup.tick();
         assert_eq!(sup.slot("db").unwrap().health, Health::Starting);
+    }
+
+    #[test]
+    fn reconcile_keeps_unchanged_replaces_changed_removes_and_adds() {
+        let runner = FakeRunner {
+            term_exits: vec![Pid::from_raw(102), Pid::from_raw(103)],
+            ..FakeRunner::default()
+        };
+        let plans = vec![
+            plan("keep", Signal::SIGTERM),
+            plan("change", Signal::SIGTERM),
+            plan("drop", Signal::SIGTERM),
+        ];
+        let (mut sup, _clock) = supervised(plans, runner);
+        sup.start_all();
+        let mut changed = plan("change", Signal::SIGTERM);
+        changed.init.process.args = vec!["/bin/false".into()];
+        let next = vec![
+            plan("keep", Signal::SIGTERM),
+            changed.clone(),
+            plan("new", Signal::SIGTERM),
+        ];
+        let report = sup.diff(&next);
+        assert_eq!(
+            (
+                report.added.clone(),
+                report.changed.clone(),
+                report.removed.clone(),
+                report.unchanged.clone()
+            ),
+            (
+                vec!["new".to_string()],
+                vec!["change".to_string()],
+                vec!["drop".to_string()],
+                vec!["keep".to_string()]
+            )
+        );
+        assert!(!report.applied);
+        assert!(sup.runner().signals.is_empty(), "diff changes nothing");
+
+        let report = sup.reconcile(next);
+        assert!(report.applied);
+        sup.tick();
+        sup.tick();
+        assert_eq!(sup.pid_of("keep"), Some(Pid::from_raw(101)), "untouched");
+        assert_eq!(
+            sup.runner().signals,
+            [
+                (Pid::from_raw(103), Signal::SIGTERM),
+                (Pid::from_raw(102), Signal::SIGTERM)
+            ]
+        );
+        assert!(sup.slot("drop").is_none());
+        assert_eq!(sup.runner().forgotten, ["drop"]);
+        assert_eq!(kinds(&sup, "drop").last(), Some(&EventKind::Removed));
+        let new_change = sup.slot("change").unwrap();
+        assert_eq!(new_change.plan, changed);
+        assert!(new_change.pid().is_some());
+        assert_ne!(new_change.pid(), Some(Pid::from_raw(102)));
+        assert!(sup.pid_of("new").is_some());
+        assert!(sup
+            .diff(&[
+                plan("keep", Signal::SIGTERM),
+                changed,
+                plan("new", Signal::SIGTERM)
+            ])
+            .changed
+            .is_empty());
     }
 }

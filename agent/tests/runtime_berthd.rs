@@ -290,6 +290,23 @@ fn a_rejected_manifest_starts_nothing_and_berthd_stays_up() {
     });
     std::thread::sleep(Duration::from_millis(300));
     assert!(berthd.child.try_wait().unwrap().is_none(), "berthd exited");
+    // Its local API still answers, and a fixed manifest can be applied.
+    let state = tmp.path().join("state");
+    berthd.wait_for("api", |l| l.starts_with("berth: api listening on /"));
+    let (code, out, err) = berthctl(&state, &["ps"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "host: ok\nNAME  STATE  HEALTH  PID  IP  PORTS  UPTIME  RESTARTS\n"
+        ),
+        "{err}"
+    );
+    let fixed = tmp.path().join("fixed.toml");
+    fs::write(&fixed, "version = 1\n\n[host]\nhostname = \"x\"\n").unwrap();
+    let (code, out, err) = berthctl(&state, &["apply", fixed.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (0, "no changes\n"), "{err}");
+    assert!(state.join("manifest.toml").is_file());
     let seen = berthd.terminate();
     assert!(!seen
         .iter()

@@ -1,8 +1,9 @@
 //! berthd: the berth agent daemon PID 1 starts.
 //!
 //! Loads the host manifest, imports its images, starts its containers and supervises them
-//! until SIGTERM/SIGINT. A rejected manifest starts nothing and berthd stays up idle (PID 1
-//! would otherwise restart it in a loop). `berthd __container-init` is the container init
+//! until SIGTERM/SIGINT, serving its API meanwhile. A rejected manifest starts nothing and
+//! berthd stays up with its local API, so a fixed manifest can be applied (PID 1 would
+//! otherwise restart it in a loop). `berthd __container-init` is the container init
 //! shim berthd re-executes itself as (see `berth_agent::runtime::init`).
 
 use std::path::{Path, PathBuf};
@@ -99,26 +100,28 @@ fn main() -> ExitCode {
     let api_socket = from_env_or(cli.api_socket, "BERTH_API_SOCKET", api::DEFAULT_SOCKET);
     let base_dir = supervisor::boot::base_dir_of(&manifest).to_path_buf();
 
-    let boot = match load(&manifest, &state_dir) {
-        Ok(boot) => boot,
+    // A rejected manifest starts nothing; berthd still serves its local API, so an operator
+    // can `berthctl apply` a fixed manifest without a rebuild.
+    let (plans, remote_api) = match load(&manifest, &state_dir) {
+        Ok(boot) => {
+            if let Err(e) = supervisor::set_host_hostname(&boot.manifest.host.hostname) {
+                console::emit(&Event::Error {
+                    what: format!(
+                        "cannot set the hostname to {:?}: {e}",
+                        boot.manifest.host.hostname
+                    ),
+                });
+            }
+            (Some(boot.plans), boot.manifest.host.api)
+        }
         Err(e) => {
             console::emit(&Event::Error {
                 what: error_chain(&e),
             });
             console::emit(&Event::ManifestRejected);
-            idle(&signals);
-            return ExitCode::SUCCESS;
+            (None, None)
         }
     };
-
-    if let Err(e) = supervisor::set_host_hostname(&boot.manifest.host.hostname) {
-        console::emit(&Event::Error {
-            what: format!(
-                "cannot set the hostname to {:?}: {e}",
-                boot.manifest.host.hostname
-            ),
-        });
-    }
 
     let cgroups = Cgroups::probe(&cgroup_root);
     if let Some(what) = cgroups.warning() {
@@ -126,11 +129,16 @@ fn main() -> ExitCode {
     }
     let runner = HostRunner::new(InitProgram::current_exe(), cgroups);
     let reaped = runner.reaped.clone();
-    let remote = boot.manifest.host.api.as_ref().map(|api| {
+    let remote = remote_api.as_ref().map(|api| {
         let addr = std::net::SocketAddr::new(cli.remote_api_address, api.port);
         (addr.to_string(), api.token.clone())
     });
-    let mut sup = Supervisor::new(SupervisorConfig { stop_grace }, runner, boot.plans);
+    let started = plans.is_some();
+    let mut sup = Supervisor::new(
+        SupervisorConfig { stop_grace },
+        runner,
+        plans.unwrap_or_default(),
+    );
     let (tx, requests) = std::sync::mpsc::channel();
     let listen = server::Listen {
         socket: api_socket.clone(),
@@ -158,7 +166,9 @@ fn main() -> ExitCode {
         init: (nix::unistd::getppid() == nix::unistd::Pid::from_raw(1))
             .then(|| nix::unistd::Pid::from_raw(1)),
     };
-    sup.start_all();
+    if started {
+        sup.start_all();
+    }
     sup.run(&signals, |sup| {
         control.serve(sup);
         true
@@ -189,16 +199,4 @@ fn load(manifest: &Path, state_dir: &Path) -> Result<supervisor::Boot, superviso
         }
     }
     supervisor::prepare(manifest, state_dir)
-}
-
-/// Wait for SIGTERM/SIGINT, doing nothing else.
-fn idle(signals: &Signals) {
-    loop {
-        if let Some(signal) = signals.wait(Duration::from_secs(3600)) {
-            if Signals::is_shutdown(signal) {
-                return;
-            }
-        }
-        let _ = supervisor::reap_children();
-    }
 }

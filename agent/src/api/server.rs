@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -489,7 +489,9 @@ fn logs(path: PathBuf, files: u32, tail: Option<usize>, follow: bool) -> Respons
     let (tx, body) = ChannelBody::channel(64);
     tokio::spawn(async move {
         let lines = logfile::tail(&path, files, tail).unwrap_or_default();
-        let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let meta = std::fs::metadata(&path).ok();
+        let mut offset = meta.as_ref().map_or(0, |m| m.len());
+        let mut inode = meta.as_ref().map_or(0, |m| m.ino());
         let mut text = lines.join("\n");
         if !text.is_empty() {
             text.push('\n');
@@ -505,9 +507,12 @@ fn logs(path: PathBuf, files: u32, tail: Option<usize>, follow: bool) -> Respons
             if tx.is_closed() {
                 return;
             }
-            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if len < offset {
-                // Rotated: the live file starts over.
+            let meta = std::fs::metadata(&path).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let ino = meta.as_ref().map_or(0, |m| m.ino());
+            if ino != inode || len < offset {
+                // Rotated (or recreated): the live file starts over.
+                inode = ino;
                 offset = 0;
             }
             if len > offset {

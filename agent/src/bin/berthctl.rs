@@ -127,7 +127,8 @@ struct LogsArgs {
 
 #[derive(Debug, Args)]
 struct ExecArgs {
-    /// Attach the command to this terminal (interactive; only on the host itself).
+    /// Attach the command to this terminal, input included (interactive; only on the host
+    /// itself). Without it the command's input is empty.
     #[arg(short = 't', long)]
     tty: bool,
     /// Container name.
@@ -251,7 +252,13 @@ fn exec_in(client: &Client, target: &Target, args: &ExecArgs) -> Result<i32, Cli
                 cwd: detail.cwd,
             };
             let status = exec::command(&exec::shim_program(), &cfg)
-                .and_then(|mut cmd| cmd.status())
+                .and_then(|mut cmd| {
+                    if !args.tty {
+                        // Like `docker exec` without -it: no input.
+                        cmd.stdin(std::process::Stdio::null());
+                    }
+                    cmd.status()
+                })
                 .map_err(|e| refused(format!("cannot start the exec shim: {e}")))?;
             Ok(status.code().unwrap_or(1))
         }
@@ -629,6 +636,23 @@ mod tests {
              crash  restarting (1)  -        -    -   -      -       0\n\
              app: waiting for web to be healthy\n"
         );
+    }
+
+    #[test]
+    fn completions_cover_every_command() {
+        let mut script = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "berthctl",
+            &mut script,
+        );
+        let script = String::from_utf8(script).unwrap();
+        for command in [
+            "ps", "inspect", "logs", "exec", "apply", "diff", "events", "validate",
+        ] {
+            assert!(script.contains(command), "{command} missing");
+        }
     }
 
     #[test]

@@ -1129,8 +1129,9 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
         self.stop_all();
     }
 
-    /// Stop every running container: its stop signal, then SIGKILL once its own grace period
-    /// (`stop_timeout`, else the configured default) has passed. Nothing restarts after this.
+    /// Stop every running container, dependents before their dependencies: its stop signal,
+    /// then SIGKILL once its own grace period (`stop_timeout`, else the configured default)
+    /// has passed. Nothing restarts after this.
     pub fn stop_all(&mut self) {
         self.shutting_down = true;
         for slot in &mut self.slots {
@@ -1138,31 +1139,37 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
                 slot.state = State::Stopped { code: None };
             }
         }
-        let started = Instant::now();
-        let mut killed = false;
-        let mut deadlines = Vec::new();
-        for (index, slot) in self.slots.iter().enumerate() {
-            if let State::Running { pid, .. } = slot.state {
-                // ESRCH: it already exited and waits to be reaped.
-                let _ = self.runner.signal(pid, slot.plan.stop_signal);
-                let grace = slot.plan.stop_timeout.unwrap_or(self.config.stop_grace);
-                deadlines.push((started + grace, index));
+        // Dependents stop before what they depend on: each round stops the running containers
+        // no other running container depends on (all of them if a cycle is left).
+        loop {
+            let running: Vec<usize> = (0..self.slots.len())
+                .filter(|&i| self.slots[i].pid().is_some())
+                .collect();
+            if running.is_empty() {
+                break;
             }
-        }
-        deadlines.sort();
-        for (deadline, index) in deadlines {
-            self.wait_all_exited(deadline.saturating_duration_since(Instant::now()));
-            if self.running() == 0 {
-                return;
+            let depended_on = |i: usize| {
+                running.iter().any(|&j| {
+                    j != i
+                        && self.slots[j]
+                            .plan
+                            .supervision
+                            .depends_on
+                            .contains_key(&self.slots[i].plan.name)
+                })
+            };
+            let mut layer: Vec<usize> = running
+                .iter()
+                .copied()
+                .filter(|&i| !depended_on(i))
+                .collect();
+            if layer.is_empty() {
+                layer = running;
             }
-            let slot = &self.slots[index];
-            if let State::Running { pid, .. } = slot.state {
-                let _ = self.runner.signal(pid, Signal::SIGKILL);
-                killed = true;
+            self.stop_layer(&layer);
+            if layer.iter().any(|&i| self.slots[i].pid().is_some()) {
+                break;
             }
-        }
-        if killed {
-            self.wait_all_exited(Duration::from_secs(10));
         }
         for slot in &self.slots {
             if let State::Running { .. } = slot.state {
@@ -1176,11 +1183,43 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
         }
     }
 
-    fn wait_all_exited(&mut self, limit: Duration) {
+    /// Stop the containers at `layer` together: their stop signals, then SIGKILL to each once
+    /// its own grace period (`stop_timeout`, else the configured default) has passed.
+    fn stop_layer(&mut self, layer: &[usize]) {
+        let started = Instant::now();
+        let mut killed = false;
+        let mut deadlines = Vec::new();
+        for &index in layer {
+            let slot = &self.slots[index];
+            if let State::Running { pid, .. } = slot.state {
+                // ESRCH: it already exited and waits to be reaped.
+                let _ = self.runner.signal(pid, slot.plan.stop_signal);
+                let grace = slot.plan.stop_timeout.unwrap_or(self.config.stop_grace);
+                deadlines.push((started + grace, index));
+            }
+        }
+        deadlines.sort();
+        for (deadline, index) in deadlines {
+            self.wait_exited(layer, deadline.saturating_duration_since(Instant::now()));
+            if layer.iter().all(|&i| self.slots[i].pid().is_none()) {
+                return;
+            }
+            let slot = &self.slots[index];
+            if let State::Running { pid, .. } = slot.state {
+                let _ = self.runner.signal(pid, Signal::SIGKILL);
+                killed = true;
+            }
+        }
+        if killed {
+            self.wait_exited(layer, Duration::from_secs(10));
+        }
+    }
+
+    fn wait_exited(&mut self, layer: &[usize], limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
             self.reap();
-            if self.running() == 0 || Instant::now() >= deadline {
+            if layer.iter().all(|&i| self.slots[i].pid().is_none()) || Instant::now() >= deadline {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -1974,5 +2013,38 @@ mod tests {
             ])
             .changed
             .is_empty());
+    }
+
+    #[test]
+    fn shutdown_stops_dependents_before_their_dependencies() {
+        let runner = FakeRunner {
+            term_exits: vec![Pid::from_raw(101), Pid::from_raw(102), Pid::from_raw(103)],
+            ..FakeRunner::default()
+        };
+        let app = with("app", |s| {
+            s.depends_on.insert("db".into(), Condition::Started);
+        });
+        let (mut sup, _clock) = supervised(
+            vec![
+                app,
+                plan("db", Signal::SIGTERM),
+                plan("web", Signal::SIGTERM),
+            ],
+            runner,
+        );
+        sup.start_all();
+        // Started dependencies first: db, app, web.
+        let (db, app, web) = (Pid::from_raw(101), Pid::from_raw(102), Pid::from_raw(103));
+        assert_eq!(sup.pid_of("app"), Some(app));
+        sup.stop_all();
+        assert_eq!(
+            sup.runner().signals,
+            [
+                (app, Signal::SIGTERM),
+                (web, Signal::SIGTERM),
+                (db, Signal::SIGTERM)
+            ]
+        );
+        assert_eq!(sup.running(), 0);
     }
 }

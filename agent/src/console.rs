@@ -20,6 +20,42 @@ pub enum Event<'a> {
         code: i32,
         reason: Option<&'a str>,
     },
+    /// A container's process is about to be started.
+    Created { container: &'a str },
+    /// A container ended and is restarted after `delay_ms`; `restarts` counts its restarts.
+    Restarting {
+        container: &'a str,
+        delay_ms: u64,
+        restarts: u32,
+    },
+    /// A container used up `max_restarts` and stays down.
+    GaveUp { container: &'a str, restarts: u32 },
+    /// A container waits for `waiting` to reach `condition` (`depends_on`).
+    Pending {
+        container: &'a str,
+        waiting: &'a str,
+        condition: &'a str,
+    },
+    /// A container cannot start: `waiting` can no longer reach `condition`.
+    Blocked {
+        container: &'a str,
+        waiting: &'a str,
+        condition: &'a str,
+        reason: &'a str,
+    },
+    /// An operator stopped a container.
+    Stopped { container: &'a str },
+    /// `apply` removed a container.
+    Removed { container: &'a str },
+    /// A container's health changed (`healthy`/`unhealthy`).
+    Health { container: &'a str, health: &'a str },
+    /// The host's state: `ok`, or `degraded` with the essential containers that `failed`.
+    Host { state: &'a str, failed: &'a str },
+    /// A container's log cannot be written (disk full, ...): its output still reaches the
+    /// console, but not the log file.
+    LogError { container: &'a str, error: String },
+    /// The API listens on `at`.
+    ApiListening { at: String },
     /// Every container that should run is running.
     Ready { running: usize, declared: usize },
     /// The manifest (or one of its images) was refused: nothing was started.
@@ -50,6 +86,63 @@ impl fmt::Display for Event<'_> {
                     None => Ok(()),
                 }
             }
+            Event::Created { container } => {
+                write!(f, "berth: container={container} state=created")
+            }
+            Event::Restarting {
+                container,
+                delay_ms,
+                restarts,
+            } => write!(
+                f,
+                "berth: container={container} state=restarting delay_ms={delay_ms} restarts={restarts}"
+            ),
+            Event::GaveUp {
+                container,
+                restarts,
+            } => write!(
+                f,
+                "berth: container={container} state=failed restarts={restarts} reason=max-restarts"
+            ),
+            Event::Pending {
+                container,
+                waiting,
+                condition,
+            } => write!(
+                f,
+                "berth: container={container} state=pending waiting={waiting} condition={condition}"
+            ),
+            Event::Blocked {
+                container,
+                waiting,
+                condition,
+                reason,
+            } => write!(
+                f,
+                "berth: container={container} state=blocked waiting={waiting} condition={condition} reason=\"{reason}\""
+            ),
+            Event::Stopped { container } => {
+                write!(f, "berth: container={container} state=stopped")
+            }
+            Event::Removed { container } => {
+                write!(f, "berth: container={container} state=removed")
+            }
+            Event::Health { container, health } => {
+                write!(f, "berth: container={container} health={health}")
+            }
+            Event::Host { state, failed } => {
+                write!(f, "berth: host state={state}")?;
+                if failed.is_empty() {
+                    Ok(())
+                } else {
+                    write!(f, " failed={failed}")
+                }
+            }
+            Event::LogError { container, error } => write!(
+                f,
+                "berth: error: container={container}: cannot write its log ({error}); its output goes to the console only until the log can be written again"
+            ),
+            Event::ApiListening { at } => write!(f, "berth: api listening on {at}"),
             Event::Ready { running, declared } => {
                 write!(f, "berth: ready containers={running}/{declared}")
             }
@@ -65,7 +158,12 @@ impl fmt::Display for Event<'_> {
 
 /// Print one event line on stdout (berthd's stdout is the console) in a single write.
 pub fn emit(event: &Event<'_>) {
-    let line = format!("{event}\n");
+    emit_line(&event.to_string());
+}
+
+/// Print one already formatted contract line (see [`Event`]) in a single write.
+pub fn emit_line(text: &str) {
+    let line = format!("{text}\n");
     let mut out = std::io::stdout().lock();
     // Nothing sensible can be done when the console itself fails.
     let _ = out.write_all(line.as_bytes());
@@ -119,6 +217,32 @@ mod tests {
             }
             .to_string(),
             "berth: ready containers=2/3"
+        );
+        assert_eq!(
+            Event::Blocked {
+                container: "app",
+                waiting: "db",
+                condition: "healthy",
+                reason: "exited code=1"
+            }
+            .to_string(),
+            "berth: container=app state=blocked waiting=db condition=healthy reason=\"exited code=1\""
+        );
+        assert_eq!(
+            Event::Host {
+                state: "degraded",
+                failed: "db"
+            }
+            .to_string(),
+            "berth: host state=degraded failed=db"
+        );
+        assert_eq!(
+            Event::Host {
+                state: "ok",
+                failed: ""
+            }
+            .to_string(),
+            "berth: host state=ok"
         );
     }
 }

@@ -7,7 +7,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use berth_agent::manifest::{ErrorKind, Manifest, SeccompProfile, MAX_MANIFEST_BYTES};
+use berth_agent::manifest::{
+    Condition, ErrorKind, LogSettings, Manifest, Probe, RestartPolicy, SeccompProfile,
+    MAX_MANIFEST_BYTES,
+};
+use std::time::Duration;
 
 /// (file, line, column, kind, message fragment).
 const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
@@ -75,6 +79,18 @@ const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
     ("registry-password-only.toml", 4, 12, ErrorKind::MissingKey, "`username` and `password` go together"),
     ("registry-bad-ca.toml", 4, 6, ErrorKind::InvalidValue, "`ca` is not a PEM certificate"),
     ("registry-bad-host.toml", 3, 13, ErrorKind::InvalidValue, "registry port \"70000\" is not a port number"),
+    ("bad-restart.toml", 8, 11, ErrorKind::InvalidValue, "container \"web\": unknown restart policy \"sometimes\"; write restart = \"no\", \"on-failure\" or \"always\""),
+    ("depends-on-unknown.toml", 8, 16, ErrorKind::InvalidValue, "container \"web\" depends on \"dbb\", which is not declared; declared containers: \"db\", \"web\""),
+    ("depends-on-cycle.toml", 12, 16, ErrorKind::InvalidValue, "depends_on forms a cycle: a -> b -> a"),
+    ("depends-on-bad-condition.toml", 8, 21, ErrorKind::InvalidValue, "\"service_healthy\" is Docker Compose's spelling; write \"healthy\""),
+    ("depends-on-never-completes.toml", 8, 16, ErrorKind::InvalidValue, "\"web\" has restart = \"always\" and never completes"),
+    ("log-max-size-too-small.toml", 8, 16, ErrorKind::InvalidValue, "`log_max_size` is 1000 bytes; the minimum is 4096 bytes"),
+    ("max-restarts-negative.toml", 8, 16, ErrorKind::InvalidValue, "`max_restarts` is -1"),
+    ("api-token-short.toml", 6, 13, ErrorKind::InvalidValue, "`api_token` must be at least 16 printable ASCII characters"),
+    ("api-port-without-token.toml", 4, 12, ErrorKind::MissingKey, "`api_port` needs `api_token`"),
+    ("healthcheck-bad-port.toml", 8, 38, ErrorKind::InvalidValue, "container \"web\": healthcheck: port 70000 is not a TCP port"),
+    ("healthcheck-path-on-tcp.toml", 8, 49, ErrorKind::InvalidValue, "healthcheck: `path` does not apply to a tcp check; remove it"),
+    ("healthcheck-exec-no-command.toml", 8, 24, ErrorKind::MissingKey, "an exec check needs `command`"),
 ];
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
@@ -181,6 +197,60 @@ fn security_keys_are_read() {
     assert!(!admin.userns);
     assert_eq!(admin.seccomp, SeccompProfile::Unconfined);
     assert!(!admin.read_only && admin.cap_drop.is_empty());
+}
+
+#[test]
+fn supervision_keys_are_read() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/manifests/valid/supervision.toml");
+    let m = Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let db = &m.containers["db"];
+    assert_eq!(db.restart, RestartPolicy::Always);
+    assert!(db.essential);
+    assert_eq!((db.log.max_size, db.log.files), (1 << 20, 5));
+    let web = &m.containers["web"];
+    assert_eq!(web.restart, RestartPolicy::OnFailure);
+    assert_eq!(web.max_restarts, Some(10));
+    assert_eq!(web.depends_on["db"], Condition::Healthy);
+    assert_eq!(web.depends_on["migrate"], Condition::Completed);
+    let migrate = &m.containers["migrate"];
+    assert_eq!(migrate.restart, RestartPolicy::No);
+    assert!(!migrate.essential && migrate.depends_on.is_empty());
+    assert_eq!(migrate.log, LogSettings::default());
+    assert_eq!(migrate.healthcheck, None);
+    let check = web.healthcheck.as_ref().unwrap();
+    assert_eq!(
+        check.probe,
+        Probe::Http {
+            port: 8080,
+            path: "/healthz".into(),
+            status: 200
+        }
+    );
+    assert_eq!((check.interval, check.retries), (Duration::from_secs(2), 2));
+    assert_eq!(check.timeout, Duration::from_secs(5));
+    assert!(web.restart_on_unhealthy);
+    let cache = m.containers["cache"].healthcheck.as_ref().unwrap();
+    assert_eq!(
+        cache.probe,
+        Probe::Exec {
+            command: vec!["/bin/true".into()]
+        }
+    );
+    assert_eq!(cache.start_period, Duration::from_secs(5));
+}
+
+#[test]
+fn the_remote_api_is_off_unless_asked_for() {
+    let m = Manifest::parse("version = 1\n", Path::new("m.toml")).unwrap();
+    assert_eq!(m.host.api, None);
+    let m = Manifest::parse(
+        "version = 1\n[host]\napi_port = 7070\napi_token = \"0123456789abcdef\"\n",
+        Path::new("m.toml"),
+    )
+    .unwrap();
+    let api = m.host.api.unwrap();
+    assert_eq!((api.port, api.token.as_str()), (7070, "0123456789abcdef"));
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! End-to-end host test of the `berthd` binary: manifest -> store import -> containers on the
-//! console -> SIGTERM shutdown, and a rejected manifest leaving berthd idle.
+//! console -> SIGTERM shutdown, a rejected manifest leaving berthd idle, and `berthctl`
+//! driving a live berthd through its API (restarts, logs, stop/start, events, apply).
 //!
 //! Needs root and a static busybox at /bin/busybox (`apt-get install busybox-static`). berthd
 //! runs in its own UTS namespace so setting the machine hostname does not touch this host.
@@ -34,6 +35,11 @@ fn busybox_rootfs(dir: &Path) -> PathBuf {
     root
 }
 
+/// The API socket of a test berthd: next to its state directory, never the host's.
+fn api_socket(state: &Path) -> PathBuf {
+    state.parent().unwrap().join("api.sock")
+}
+
 struct Berthd {
     child: Child,
     lines: Receiver<String>,
@@ -47,6 +53,9 @@ impl Berthd {
             .arg(manifest)
             .arg("--state-dir")
             .arg(state)
+            .arg("--api-socket")
+            .arg(api_socket(state))
+            .args(["--remote-api-address", "127.0.0.1"])
             .args(["--stop-grace", "0.5"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -240,6 +249,20 @@ command = ["/bin/sleep", "1000"]
     let sleeper_pid = sleeper.rsplit('=').next().unwrap();
     assert!(!Path::new(&format!("/proc/{sleeper_pid}")).exists());
 
+    // The same lines are in hello's log file, timestamped and tagged.
+    let log = fs::read_to_string(state.join("containers/hello/log")).unwrap();
+    let logged: Vec<&str> = log.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+    assert_eq!(
+        logged,
+        [
+            "stdout 1 hi img",
+            "stdout hello-box",
+            "stdout /srv",
+            "stdout partial"
+        ],
+        "{log}"
+    );
+
     // Nothing stays mounted below the state directory.
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
@@ -267,8 +290,370 @@ fn a_rejected_manifest_starts_nothing_and_berthd_stays_up() {
     });
     std::thread::sleep(Duration::from_millis(300));
     assert!(berthd.child.try_wait().unwrap().is_none(), "berthd exited");
+    // Its local API still answers, and a fixed manifest can be applied.
+    let state = tmp.path().join("state");
+    berthd.wait_for("api", |l| l.starts_with("berth: api listening on /"));
+    let (code, out, err) = berthctl(&state, &["ps"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "host: ok\nNAME  STATE  HEALTH  PID  IP  PORTS  UPTIME  RESTARTS\n"
+        ),
+        "{err}"
+    );
+    let fixed = tmp.path().join("fixed.toml");
+    fs::write(&fixed, "version = 1\n\n[host]\nhostname = \"x\"\n").unwrap();
+    let (code, out, err) = berthctl(&state, &["apply", fixed.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (0, "no changes\n"), "{err}");
+    assert!(state.join("manifest.toml").is_file());
     let seen = berthd.terminate();
     assert!(!seen
         .iter()
         .any(|l| l.contains("state=running") || l.starts_with("berth: ready")));
+}
+
+/// Run berthctl against the test berthd's socket: (exit code, stdout, stderr).
+fn berthctl(state: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .arg("--socket")
+        .arg(api_socket(state))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ps(state: &Path) -> serde_json::Value {
+    let (code, out, err) = berthctl(state, &["ps", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn container<'a>(ps: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    ps["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+}
+
+/// Poll `ps` until `pred` holds (20 s bound).
+fn wait_ps(
+    state: &Path,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = ps(state);
+        if pred(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {now:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const LIVE: &str = r#"version = 1
+
+[host]
+api_port = API_PORT
+api_token = "test-token-0123456789"
+
+[images]
+busybox = { source = "oci-layout:images/busybox" }
+
+[containers.web]
+image = "busybox"
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"]
+restart = "always"
+
+[containers.crash]
+image = "busybox"
+command = ["/bin/sh", "-c", "echo boom >&2; exit 3"]
+restart = "on-failure"
+max_restarts = 2
+
+[containers.app]
+image = "busybox"
+command = ["/bin/sleep", "1000"]
+depends_on = { web = "healthy", crash = "completed" }
+
+[containers.db]
+image = "busybox"
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 1; echo > /ready; while true; do sleep 1; done"]
+healthcheck = { type = "exec", command = ["/bin/sh", "-c", "test -f /ready"], interval = "300ms" }
+
+[containers.api]
+image = "busybox"
+command = ["/bin/sleep", "1000"]
+depends_on = { db = "healthy" }
+"#;
+
+#[test]
+fn berthctl_drives_a_live_berthd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    write_layout(
+        &rootfs,
+        &tmp.path().join("images/busybox"),
+        &LayoutImage {
+            entrypoint: vec![],
+            cmd: vec!["/bin/sh".into()],
+            env: vec![],
+            working_dir: None,
+            ref_name: Some("latest".into()),
+        },
+    )
+    .unwrap();
+    let manifest = tmp.path().join("manifest.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let live = LIVE.replace("API_PORT", &port.to_string());
+    fs::write(&manifest, &live).unwrap();
+    let state = tmp.path().join("state");
+    let mut berthd = Berthd::start(&manifest, &state);
+    berthd.wait_for("api", |l| l.starts_with("berth: api listening on /"));
+    berthd.wait_for("remote api", |l| {
+        l == format!("berth: api listening on tcp 127.0.0.1:{port} (token required)")
+    });
+    let mode = fs::metadata(api_socket(&state)).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+
+    // crash restarts twice with growing delays, then gives up; app stays blocked behind it.
+    let now = wait_ps(&state, "crash failed", |p| {
+        container(p, "crash").is_some_and(|c| c["state"] == "failed")
+    });
+    let crash = container(&now, "crash").unwrap();
+    assert_eq!(crash["restarts"], 2);
+    assert_eq!(crash["exit_code"], 3);
+    let app = container(&now, "app").unwrap();
+    assert_eq!(app["state"], "pending");
+    assert!(
+        app["waiting"]
+            .as_str()
+            .unwrap()
+            .contains("blocked: crash cannot become completed (exited code=3)"),
+        "{app}"
+    );
+    let (code, out, _) = berthctl(&state, &["events", "--json"]);
+    assert_eq!(code, 0);
+    let delays: Vec<u64> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["container"] == "crash" && e["state"] == "restarting")
+        .map(|e| e["delay_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(delays, [100, 200]);
+    let (code, table, _) = berthctl(&state, &["ps"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("crash") && table.contains("failed (3)"),
+        "{table}"
+    );
+    berthd.wait_for("failed line", |l| {
+        l == "berth: container=crash state=failed restarts=2 reason=max-restarts"
+    });
+
+    // db turns healthy through its exec check (run inside it); only then does api start.
+    let now = wait_ps(&state, "api running", |p| {
+        container(p, "api").is_some_and(|c| c["state"] == "running")
+    });
+    assert_eq!(container(&now, "db").unwrap()["health"], "healthy");
+    let (_, out, _) = berthctl(&state, &["events", "--json"]);
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seq = |container: &str, state: &str| {
+        events
+            .iter()
+            .find(|e| e["container"] == container && e["state"] == state)
+            .unwrap_or_else(|| panic!("no {container} {state} in {out}"))["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(seq("api", "pending") < seq("db", "healthy"));
+    assert!(seq("db", "healthy") < seq("api", "running"));
+
+    // Logs: tail, and follow while web keeps printing.
+    let (code, out, _) = berthctl(&state, &["logs", "--tail", "2", "web"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines.iter().all(|l| l.contains(" stdout tick ")), "{out}");
+    let (_, out, _) = berthctl(&state, &["logs", "crash"]);
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(" stderr boom")).count(),
+        3,
+        "{out}"
+    );
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .arg("--socket")
+        .arg(api_socket(&state))
+        .args(["logs", "-f", "--tail", "0", "web"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(follow.stdout.take().unwrap());
+    let mut followed = Vec::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        followed.push(line);
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let numbers: Vec<u64> = followed
+        .iter()
+        .map(|l| l.trim().rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{followed:?}");
+    assert!(numbers[0] > 2, "followed lines are new ones: {followed:?}");
+
+    // exec on the host: inside web's namespaces, its exit code passed through.
+    let (code, out, err) = berthctl(
+        &state,
+        &[
+            "exec",
+            "web",
+            "--",
+            "/bin/sh",
+            "-c",
+            "hostname; pwd; test -f /ready || echo not-db; exit 7",
+        ],
+    );
+    assert_eq!(code, 7, "{err}");
+    assert_eq!(out, "web\n/\nnot-db\n");
+    // exec and ps through the remote API with the token; a wrong token is refused.
+    let remote = |token: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+            .args(["--host", &format!("127.0.0.1:{port}"), "--token", token])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = remote(
+        "test-token-0123456789",
+        &[
+            "exec",
+            "db",
+            "--",
+            "/bin/sh",
+            "-c",
+            "test -f /ready && hostname",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "db\n"), "{err}");
+    let (code, out, _) = remote("test-token-0123456789", &["ps"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("web") && out.contains("running"), "{out}");
+    let (code, _, err) = remote("wrong-token-0123456789", &["ps"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing or wrong token"), "{err}");
+
+    // stop / start / inspect; a missing container is exit code 4.
+    let web_pid = container(&ps(&state), "web").unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(berthctl(&state, &["stop", "web"]).0, 0);
+    wait_ps(&state, "web stopped", |p| {
+        container(p, "web").unwrap()["state"] == "stopped"
+    });
+    assert_eq!(berthctl(&state, &["start", "web"]).0, 0);
+    let now = wait_ps(&state, "web running", |p| {
+        container(p, "web").unwrap()["state"] == "running"
+    });
+    let web_pid2 = container(&now, "web").unwrap()["pid"].as_i64().unwrap();
+    assert_ne!(web_pid, web_pid2);
+    let (code, out, _) = berthctl(&state, &["inspect", "web"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("policy always"), "{out}");
+    let (code, _, err) = berthctl(&state, &["inspect", "nope"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("no container named \"nope\""), "{err}");
+
+    // diff and apply: web unchanged (same pid), crash changed, app removed, extra added.
+    let next = live
+        .replace("echo boom >&2; exit 3", "echo fixed")
+        .replace(
+            "[containers.app]\nimage = \"busybox\"\ncommand = [\"/bin/sleep\", \"1000\"]\ndepends_on = { web = \"healthy\", crash = \"completed\" }\n",
+            "[containers.extra]\nimage = \"busybox\"\ncommand = [\"/bin/sleep\", \"1000\"]\ndepends_on = { crash = \"completed\" }\n",
+        );
+    assert!(next.contains("extra") && !next.contains("containers.app"));
+    let next_file = tmp.path().join("next.toml");
+    fs::write(&next_file, &next).unwrap();
+    let (code, out, err) = berthctl(&state, &["diff", next_file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "+ extra (add)\n~ crash (replace)\n- app (remove)\n= api (keep)\n= db (keep)\n= web (keep)\n3 changes to apply\n"
+    );
+    assert_eq!(
+        container(&ps(&state), "app").unwrap()["state"],
+        "pending",
+        "diff changed nothing"
+    );
+    let bad_file = tmp.path().join("bad.toml");
+    fs::write(
+        &bad_file,
+        next.replace("restart = \"always\"", "restart = \"sometimes\""),
+    )
+    .unwrap();
+    let (code, _, err) = berthctl(&state, &["apply", bad_file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!(
+            "{}:13:11: container \"web\": unknown restart policy",
+            bad_file.display()
+        )),
+        "{err}"
+    );
+    assert!(!state.join("manifest.toml").exists());
+
+    let (code, out, err) = berthctl(&state, &["apply", next_file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("applied 3 changes\n"), "{out}");
+    let now = wait_ps(&state, "extra running and app gone", |p| {
+        container(p, "app").is_none()
+            && container(p, "extra").is_some_and(|c| c["state"] == "running")
+    });
+    assert_eq!(
+        container(&now, "web").unwrap()["pid"].as_i64(),
+        Some(web_pid2)
+    );
+    assert_eq!(container(&now, "crash").unwrap()["exit_code"], 0);
+    assert_eq!(
+        fs::read_to_string(state.join("manifest.toml")).unwrap(),
+        next
+    );
+    assert!(!state.join("containers/app").exists());
+
+    // The applied manifest is the one used at the next start.
+    drop(berthd);
+    let mut again = Berthd::start(&manifest, &state);
+    again.wait_for("extra runs", |l| {
+        l.starts_with("berth: container=extra state=running")
+    });
+    let seen = again.terminate();
+    assert!(
+        !seen.iter().any(|l| l.contains("container=app")),
+        "{seen:#?}"
+    );
 }

@@ -207,6 +207,7 @@ fn plan(state: &Path, name: &str, layer: &Path, args: &[&str]) -> ContainerPlan 
         init: init_config(state, name, layer, args),
         stop_signal: Signal::SIGTERM,
         stop_timeout: None,
+        supervision: Default::default(),
     }
 }
 

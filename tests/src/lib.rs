@@ -453,3 +453,28 @@ pub fn demo_image() -> Result<PathBuf, String> {
         })
         .clone()
 }
+
+/// The `berthctl` to run on this machine against a guest's remote API: `BERTH_BERTHCTL` when
+/// set, else the static one `image-build/build-demo` builds next to the image's binaries
+/// (`TARGET/x86_64-unknown-linux-gnu/release/berthctl`, TARGET found from this test binary).
+pub fn host_berthctl() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("BERTH_BERTHCTL") {
+        return Ok(PathBuf::from(path));
+    }
+    demo_image()?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this test binary: {e}"))?;
+    // TARGET/debug/deps/TEST
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .ok_or_else(|| format!("no target directory above {}", exe.display()))?;
+    let path = target.join("x86_64-unknown-linux-gnu/release/berthctl");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "no berthctl at {} (run image-build/build-demo, or set BERTH_BERTHCTL)",
+            path.display()
+        ))
+    }
+}

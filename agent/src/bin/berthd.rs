@@ -1,19 +1,23 @@
 //! berthd: the berth agent daemon PID 1 starts.
 //!
 //! Loads the host manifest, imports its images, starts its containers and supervises them
-//! until SIGTERM/SIGINT. A rejected manifest starts nothing and berthd stays up idle (PID 1
-//! would otherwise restart it in a loop). `berthd __container-init` is the container init
+//! until SIGTERM/SIGINT, serving its API meanwhile. A rejected manifest starts nothing and
+//! berthd stays up with its local API, so a fixed manifest can be applied (PID 1 would
+//! otherwise restart it in a loop). `berthd __container-init` is the container init
 //! shim berthd re-executes itself as (see `berth_agent::runtime::init`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use berth_agent::api::{self, server};
 use berth_agent::console::{self, Event};
+use berth_agent::manifest::Manifest;
 use berth_agent::runtime::cgroup::{self, Cgroups};
 use berth_agent::runtime::{self, init::error_chain, InitProgram, INIT_ARG};
+use berth_agent::supervisor::control::SAVED_MANIFEST;
 use berth_agent::supervisor::{
-    self, HostRunner, Signals, Supervisor, SupervisorConfig, DEFAULT_STOP_GRACE,
+    self, Control, HostRunner, Signals, Supervisor, SupervisorConfig, DEFAULT_STOP_GRACE,
 };
 use clap::Parser;
 
@@ -42,6 +46,12 @@ struct Cli {
     /// without `stop_timeout`.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_STOP_GRACE.as_secs_f64())]
     stop_grace: f64,
+    /// The API's Unix socket (default: $BERTH_API_SOCKET, else /run/berth/api.sock).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// The address the remote API (the manifest's `api_port`) listens on.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    remote_api_address: std::net::IpAddr,
 }
 
 fn from_env_or(flag: Option<PathBuf>, var: &str, default: &str) -> PathBuf {
@@ -57,6 +67,12 @@ fn main() -> ExitCode {
     // The shim must stay single-threaded: decide before anything else runs.
     if std::env::args_os().nth(1).is_some_and(|a| a == INIT_ARG) {
         std::process::exit(runtime::init::shim_main());
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == runtime::exec::EXEC_ARG)
+    {
+        std::process::exit(runtime::exec::shim_main());
     }
     let cli = Cli::parse();
     // Before any thread exists, so all of them inherit the mask.
@@ -81,49 +97,106 @@ fn main() -> ExitCode {
     let cgroup_root = from_env_or(cli.cgroup_root, "BERTH_CGROUP_ROOT", cgroup::DEFAULT_ROOT);
     let stop_grace = Duration::try_from_secs_f64(cli.stop_grace).unwrap_or(DEFAULT_STOP_GRACE);
 
-    let boot = match supervisor::prepare(&manifest, &state_dir) {
-        Ok(boot) => boot,
+    let api_socket = from_env_or(cli.api_socket, "BERTH_API_SOCKET", api::DEFAULT_SOCKET);
+    let base_dir = supervisor::boot::base_dir_of(&manifest).to_path_buf();
+
+    // A rejected manifest starts nothing; berthd still serves its local API, so an operator
+    // can `berthctl apply` a fixed manifest without a rebuild.
+    let (plans, remote_api) = match load(&manifest, &state_dir) {
+        Ok(boot) => {
+            if let Err(e) = supervisor::set_host_hostname(&boot.manifest.host.hostname) {
+                console::emit(&Event::Error {
+                    what: format!(
+                        "cannot set the hostname to {:?}: {e}",
+                        boot.manifest.host.hostname
+                    ),
+                });
+            }
+            (Some(boot.plans), boot.manifest.host.api)
+        }
         Err(e) => {
             console::emit(&Event::Error {
                 what: error_chain(&e),
             });
             console::emit(&Event::ManifestRejected);
-            idle(&signals);
-            return ExitCode::SUCCESS;
+            (None, None)
         }
     };
-
-    if let Err(e) = supervisor::set_host_hostname(&boot.manifest.host.hostname) {
-        console::emit(&Event::Error {
-            what: format!(
-                "cannot set the hostname to {:?}: {e}",
-                boot.manifest.host.hostname
-            ),
-        });
-    }
 
     let cgroups = Cgroups::probe(&cgroup_root);
     if let Some(what) = cgroups.warning() {
         console::emit(&Event::Warning { what });
     }
+    let runner = HostRunner::new(InitProgram::current_exe(), cgroups);
+    let reaped = runner.reaped.clone();
+    let remote = remote_api.as_ref().map(|api| {
+        let addr = std::net::SocketAddr::new(cli.remote_api_address, api.port);
+        (addr.to_string(), api.token.clone())
+    });
+    let started = plans.is_some();
     let mut sup = Supervisor::new(
         SupervisorConfig { stop_grace },
-        HostRunner::new(InitProgram::current_exe(), cgroups),
-        boot.plans,
+        runner,
+        plans.unwrap_or_default(),
     );
-    sup.start_all();
-    sup.run(&signals);
+    let (tx, requests) = std::sync::mpsc::channel();
+    let listen = server::Listen {
+        socket: api_socket.clone(),
+        tcp: remote.clone(),
+    };
+    match server::spawn(&listen, tx, reaped) {
+        Ok(()) => {
+            console::emit(&Event::ApiListening {
+                at: api_socket.display().to_string(),
+            });
+            if let Some((addr, _)) = &remote {
+                console::emit(&Event::ApiListening {
+                    at: format!("tcp {addr} (token required)"),
+                });
+            }
+        }
+        Err(e) => console::emit(&Event::Error {
+            what: format!("the API is not available: {}", error_chain(&e)),
+        }),
+    }
+    let control = Control {
+        requests,
+        state_dir,
+        base_dir,
+        init: (nix::unistd::getppid() == nix::unistd::Pid::from_raw(1))
+            .then(|| nix::unistd::Pid::from_raw(1)),
+    };
+    if started {
+        sup.start_all();
+    }
+    sup.run(&signals, |sup| {
+        control.serve(sup);
+        true
+    });
     ExitCode::SUCCESS
 }
 
-/// Wait for SIGTERM/SIGINT, doing nothing else.
-fn idle(signals: &Signals) {
-    loop {
-        if let Some(signal) = signals.wait(Duration::from_secs(3600)) {
-            if Signals::is_shutdown(signal) {
-                return;
-            }
+/// The manifest to run: the one last applied (saved in the state directory) when there is
+/// one and it is still valid, else the boot manifest. Image sources are always relative to
+/// the boot manifest's directory, where the host's images are.
+fn load(manifest: &Path, state_dir: &Path) -> Result<supervisor::Boot, supervisor::BootError> {
+    let saved = state_dir.join(SAVED_MANIFEST);
+    if saved.exists() {
+        let base_dir = supervisor::boot::base_dir_of(manifest);
+        let loaded = Manifest::load(&saved)
+            .map_err(supervisor::BootError::from)
+            .and_then(|m| supervisor::boot::prepare_manifest(m, base_dir, state_dir));
+        match loaded {
+            Ok(boot) => return Ok(boot),
+            Err(e) => console::emit(&Event::Warning {
+                what: format!(
+                    "the applied manifest {} is not usable ({}); using {}",
+                    saved.display(),
+                    error_chain(&e),
+                    manifest.display()
+                ),
+            }),
         }
-        let _ = supervisor::reap_children();
     }
+    supervisor::prepare(manifest, state_dir)
 }

@@ -15,6 +15,7 @@ mod location;
 mod resolve;
 pub mod rules;
 mod schema;
+pub mod supervision;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ pub use error::{ErrorKind, ManifestError};
 pub use limits::{Limits, Rlimit};
 pub use location::Location;
 pub use resolve::LAYOUT_FILES;
+pub use supervision::{Condition, HealthCheck, LogSettings, Probe, RestartPolicy};
 
 pub use crate::runtime::security::SeccompProfile;
 
@@ -92,15 +94,31 @@ impl PartialEq for Manifest {
 pub struct Host {
     /// The machine's hostname (default "berth").
     pub hostname: String,
+    /// `api_port` + `api_token`: the remote API (off when `None`).
+    pub api: Option<RemoteApi>,
 }
 
 impl Default for Host {
     fn default() -> Self {
         Host {
             hostname: DEFAULT_HOSTNAME.to_owned(),
+            api: None,
         }
     }
 }
+
+/// The remote API: berthd's API on a TCP port of every address, for clients that send the
+/// token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteApi {
+    /// TCP port.
+    pub port: u16,
+    /// The bearer token clients must send.
+    pub token: String,
+}
+
+/// Shortest `api_token` accepted.
+pub const MIN_API_TOKEN: usize = 16;
 
 /// One `[images]` entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -252,6 +270,20 @@ pub struct ContainerSpec {
     pub userns: bool,
     /// Volumes, bind mounts and tmpfs mounts, in manifest order.
     pub mounts: Vec<MountDecl>,
+    /// `restart`: what happens when its process ends (default: never restarted).
+    pub restart: RestartPolicy,
+    /// `max_restarts`: restarts allowed in a row before berthd gives up (`None`: no limit).
+    pub max_restarts: Option<u32>,
+    /// `depends_on`: containers that must reach a condition before this one starts.
+    pub depends_on: BTreeMap<String, Condition>,
+    /// `essential`: its failure puts the host in the degraded state.
+    pub essential: bool,
+    /// `log_max_size` and `log_files`.
+    pub log: LogSettings,
+    /// `healthcheck`.
+    pub healthcheck: Option<HealthCheck>,
+    /// `restart_on_unhealthy`: restart it when its health check says unhealthy.
+    pub restart_on_unhealthy: bool,
 }
 
 impl ContainerSpec {

@@ -60,6 +60,8 @@ pub(super) struct RawRegistry {
 #[serde(deny_unknown_fields, expecting = "a table like `[host]`")]
 pub(super) struct RawHost {
     pub hostname: Option<Spanned<String>>,
+    pub api_port: Option<Spanned<i64>>,
+    pub api_token: Option<Spanned<String>>,
 }
 
 /// One `[images]` entry.
@@ -95,6 +97,33 @@ pub(super) struct RawContainer {
     pub read_only: Option<Spanned<bool>>,
     pub userns: Option<Spanned<bool>>,
     pub mounts: Option<Vec<RawMount>>,
+    pub restart: Option<Spanned<String>>,
+    pub max_restarts: Option<Spanned<i64>>,
+    pub depends_on: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub essential: Option<Spanned<bool>>,
+    pub log_max_size: Option<Spanned<toml::Value>>,
+    pub log_files: Option<Spanned<i64>>,
+    pub healthcheck: Option<RawHealthCheck>,
+    pub restart_on_unhealthy: Option<Spanned<bool>>,
+}
+
+/// `[containers.NAME.healthcheck]`; which keys apply depends on `type`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like `{ type = \"tcp\", port = 8080 }`"
+)]
+pub(super) struct RawHealthCheck {
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub command: Option<Spanned<Vec<Spanned<String>>>>,
+    pub port: Option<Spanned<i64>>,
+    pub path: Option<Spanned<String>>,
+    pub status: Option<Spanned<i64>>,
+    pub interval: Option<Spanned<toml::Value>>,
+    pub timeout: Option<Spanned<toml::Value>>,
+    pub retries: Option<Spanned<i64>>,
+    pub start_period: Option<Spanned<toml::Value>>,
 }
 
 /// One `[[containers.NAME.mounts]]` entry; which keys apply depends on `type`.
@@ -149,6 +178,23 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "target" => "target = \"/data\"",
         "size" => "size = \"64M\"",
         "mode" => "mode = \"1777\"",
+        "api_port" => "api_port = 7070",
+        "api_token" => "api_token = \"a-long-random-secret\"",
+        "restart" => "restart = \"on-failure\"",
+        "max_restarts" => "max_restarts = 5",
+        "depends_on" => "depends_on = { db = \"healthy\" }",
+        "essential" => "essential = true",
+        "log_max_size" => "log_max_size = \"10Mi\"",
+        "log_files" => "log_files = 3",
+        "healthcheck" => "healthcheck = { type = \"tcp\", port = 8080 }",
+        "restart_on_unhealthy" => "restart_on_unhealthy = true",
+        "port" => "port = 8080",
+        "path" => "path = \"/healthz\"",
+        "status" => "status = 200",
+        "interval" => "interval = \"5s\"",
+        "timeout" => "timeout = \"2s\"",
+        "retries" => "retries = 3",
+        "start_period" => "start_period = \"10s\"",
         _ => return None,
     })
 }

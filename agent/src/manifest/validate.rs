@@ -7,16 +7,20 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
+use std::time::Duration;
 
 use toml::Spanned;
 
 use super::diagnose::closest;
 use super::error::{ErrorKind, ManifestError};
 use super::location::Location;
-use super::schema::{RawContainer, RawImage, RawManifest, RawMount, RawRegistry, VersionProbe};
+use super::schema::{
+    RawContainer, RawHealthCheck, RawImage, RawManifest, RawMount, RawRegistry, VersionProbe,
+};
+use super::supervision::{self, Condition, HealthCheck, LogSettings, Probe, RestartPolicy};
 use super::{
-    limits, rules, ContainerSpec, Host, ImageDecl, Manifest, MountDecl, Origin, SeccompProfile,
-    DEFAULT_HOSTNAME, SUPPORTED_VERSIONS,
+    limits, rules, ContainerSpec, Host, ImageDecl, Manifest, MountDecl, Origin, RemoteApi,
+    SeccompProfile, DEFAULT_HOSTNAME, MIN_API_TOKEN, SUPPORTED_VERSIONS,
 };
 
 /// Checks `version` (read by the probe before the full schema is applied).
@@ -70,6 +74,10 @@ struct Checker<'a> {
     file: &'a Path,
     problems: Vec<(usize, ManifestError)>,
     origin: Origin,
+    /// `depends_on` entries (from, to, condition, span of `to`), checked as a graph at the end.
+    edges: Vec<(String, String, Condition, Range<usize>)>,
+    /// Each valid container's restart policy, for the graph check.
+    restarts: BTreeMap<String, RestartPolicy>,
 }
 
 impl Checker<'_> {
@@ -125,16 +133,22 @@ pub(super) fn validate(
             file: file.to_path_buf(),
             locations: BTreeMap::new(),
         },
+        edges: Vec::new(),
+        restarts: BTreeMap::new(),
     };
 
     let mut host = Host {
         hostname: DEFAULT_HOSTNAME.to_owned(),
+        api: None,
     };
-    if let Some(hostname) = raw.host.and_then(|h| h.hostname) {
-        c.record("host.hostname".into(), &hostname.span());
-        if c.rule(&hostname.span(), rules::hostname(hostname.get_ref())) {
-            host.hostname = hostname.into_inner();
+    if let Some(raw_host) = raw.host {
+        if let Some(hostname) = raw_host.hostname {
+            c.record("host.hostname".into(), &hostname.span());
+            if c.rule(&hostname.span(), rules::hostname(hostname.get_ref())) {
+                host.hostname = hostname.into_inner();
+            }
         }
+        host.api = remote_api(&mut c, raw_host.api_port, raw_host.api_token);
     }
 
     let mut images = BTreeMap::new();
@@ -145,12 +159,14 @@ pub(super) fn validate(
     }
 
     let declared: Vec<String> = images.keys().cloned().collect();
+    let names: Vec<String> = raw.containers.keys().map(|k| k.get_ref().clone()).collect();
     let mut containers = BTreeMap::new();
     for (name, raw_container) in raw.containers {
         if let Some(spec) = container(&mut c, &name, raw_container, &declared) {
             containers.insert(name.into_inner(), spec);
         }
     }
+    check_dependencies(&mut c, &names);
 
     let mut registries = BTreeMap::new();
     for (host, raw_registry) in raw.registries {
@@ -228,6 +244,63 @@ fn registry(
         settings.ca = Some(ca.into_inner());
     }
     ok.then_some(settings)
+}
+
+/// `api_port` and `api_token` go together; the token must be long enough to guess badly.
+fn remote_api(
+    c: &mut Checker<'_>,
+    port: Option<Spanned<i64>>,
+    token: Option<Spanned<String>>,
+) -> Option<RemoteApi> {
+    match (port, token) {
+        (None, None) => None,
+        (Some(p), None) => {
+            c.fail(
+                ErrorKind::MissingKey,
+                &p.span(),
+                "`api_port` needs `api_token`: the remote API only answers clients that send it; add api_token = \"...\" (at least 16 characters, e.g. from `head -c 24 /dev/urandom | base64`)".into(),
+            );
+            None
+        }
+        (None, Some(t)) => {
+            c.fail(
+                ErrorKind::MissingKey,
+                &t.span(),
+                "`api_token` without `api_port`: add api_port = 7070 to turn the remote API on, or remove the token".into(),
+            );
+            None
+        }
+        (Some(p), Some(t)) => {
+            c.record("host.api_port".into(), &p.span());
+            c.record("host.api_token".into(), &t.span());
+            let port = match supervision::port(*p.get_ref()) {
+                Ok(port) => Some(port),
+                Err(m) => {
+                    c.fail(
+                        ErrorKind::InvalidValue,
+                        &p.span(),
+                        format!("`api_port`: {m}"),
+                    );
+                    None
+                }
+            };
+            let token = t.get_ref();
+            let good_token = token.chars().count() >= MIN_API_TOKEN
+                && token.chars().all(|ch| ch.is_ascii_graphic());
+            if !good_token {
+                c.fail(
+                    ErrorKind::InvalidValue,
+                    &t.span(),
+                    format!("`api_token` must be at least {MIN_API_TOKEN} printable ASCII characters without spaces; generate one with `head -c 24 /dev/urandom | base64`"),
+                );
+                return None;
+            }
+            Some(RemoteApi {
+                port: port?,
+                token: t.into_inner(),
+            })
+        }
+    }
 }
 
 fn image_decl(c: &mut Checker<'_>, name: &Spanned<String>, image: RawImage) -> Option<ImageDecl> {
@@ -516,7 +589,29 @@ fn container(
         }
     }
 
+    let supervision = supervision(
+        c,
+        cname,
+        &key,
+        &raw.restart,
+        &raw.max_restarts,
+        raw.depends_on,
+        &raw.essential,
+        &raw.log_max_size,
+        &raw.log_files,
+    );
     let (image, entrypoint, command) = (image?, entrypoint?, command?);
+    let healthcheck = match raw.healthcheck {
+        None => Some(None),
+        Some(h) => healthcheck(c, cname, &name.span(), &key, h).map(Some),
+    };
+    let restart_on_unhealthy = raw.restart_on_unhealthy.is_some_and(|r| {
+        c.record(format!("{key}.restart_on_unhealthy"), &r.span());
+        r.into_inner()
+    });
+    let (restart, max_restarts, depends_on, essential, log) = supervision?;
+    let healthcheck = healthcheck?;
+    c.restarts.insert(cname.to_owned(), restart);
     ok.then_some(ContainerSpec {
         image,
         entrypoint,
@@ -534,7 +629,310 @@ fn container(
         read_only,
         userns,
         mounts,
+        restart,
+        max_restarts,
+        depends_on,
+        essential,
+        log,
+        healthcheck,
+        restart_on_unhealthy,
     })
+}
+
+/// `healthcheck = { type = ..., ... }`: `type` decides which keys are required and allowed.
+fn healthcheck(
+    c: &mut Checker<'_>,
+    cname: &str,
+    container_span: &Range<usize>,
+    key: &str,
+    raw: RawHealthCheck,
+) -> Option<HealthCheck> {
+    let what = format!("container {cname:?}: healthcheck");
+    let key = format!("{key}.healthcheck");
+    let entry_span = [
+        raw.kind.as_ref().map(Spanned::span),
+        raw.command.as_ref().map(Spanned::span),
+        raw.port.as_ref().map(Spanned::span),
+        raw.path.as_ref().map(Spanned::span),
+        raw.interval.as_ref().map(Spanned::span),
+    ]
+    .into_iter()
+    .flatten()
+    .min_by_key(|s| s.start)
+    .unwrap_or_else(|| container_span.clone());
+    c.record(key.clone(), &entry_span);
+    let mut ok = true;
+    let Some(kind) = raw.kind else {
+        c.fail(
+            ErrorKind::MissingKey,
+            &entry_span,
+            format!("{what} has no `type`; write type = \"exec\", \"tcp\" or \"http\""),
+        );
+        return None;
+    };
+    let kind_name = kind.get_ref().as_str();
+    if !["exec", "tcp", "http"].contains(&kind_name) {
+        c.fail(
+            ErrorKind::InvalidValue,
+            &kind.span(),
+            format!(
+                "{what}: unknown type {kind_name:?}; the types are \"exec\", \"tcp\", \"http\""
+            ),
+        );
+        return None;
+    }
+    let refused = [
+        (
+            "command",
+            raw.command.as_ref().map(Spanned::span),
+            kind_name != "exec",
+        ),
+        (
+            "port",
+            raw.port.as_ref().map(Spanned::span),
+            kind_name == "exec",
+        ),
+        (
+            "path",
+            raw.path.as_ref().map(Spanned::span),
+            kind_name != "http",
+        ),
+        (
+            "status",
+            raw.status.as_ref().map(Spanned::span),
+            kind_name != "http",
+        ),
+    ];
+    for (k, span, refuse) in refused {
+        if let (Some(span), true) = (span, refuse) {
+            c.fail(
+                ErrorKind::InvalidValue,
+                &span,
+                format!("{what}: `{k}` does not apply to a {kind_name} check; remove it"),
+            );
+            ok = false;
+        }
+    }
+    let mut rule = |c: &mut Checker<'_>, span: &Range<usize>, r: Result<(), String>| {
+        let good = c.rule(span, r.map_err(|m| format!("{what}: {m}")));
+        ok &= good;
+    };
+    let mut duration =
+        |c: &mut Checker<'_>, field: &str, v: &Option<Spanned<toml::Value>>, default: Duration| {
+            let Some(v) = v else { return default };
+            c.record(format!("{key}.{field}"), &v.span());
+            match limits::duration(field, v.get_ref()) {
+                Ok(d) if d.is_zero() && field != "start_period" => {
+                    rule(c, &v.span(), Err(format!("`{field}` must be more than 0")));
+                    default
+                }
+                Ok(d) => d,
+                Err(m) => {
+                    rule(c, &v.span(), Err(m));
+                    default
+                }
+            }
+        };
+    let interval = duration(
+        c,
+        "interval",
+        &raw.interval,
+        supervision::DEFAULT_HEALTH_INTERVAL,
+    );
+    let timeout = duration(
+        c,
+        "timeout",
+        &raw.timeout,
+        supervision::DEFAULT_HEALTH_TIMEOUT,
+    );
+    let start_period = duration(c, "start_period", &raw.start_period, Duration::ZERO);
+    let mut retries = supervision::DEFAULT_HEALTH_RETRIES;
+    if let Some(r) = &raw.retries {
+        match supervision::retries(*r.get_ref()) {
+            Ok(n) => retries = n,
+            Err(m) => rule(c, &r.span(), Err(m)),
+        }
+    }
+    let port = match &raw.port {
+        Some(p) => match supervision::port(*p.get_ref()) {
+            Ok(n) => Some(n),
+            Err(m) => {
+                rule(c, &p.span(), Err(m));
+                None
+            }
+        },
+        None => None,
+    };
+    let probe = match kind_name {
+        "exec" => {
+            let Some(command) = argv(c, "command", raw.command)? else {
+                c.fail(
+                    ErrorKind::MissingKey,
+                    &kind.span(),
+                    format!("{what}: an exec check needs `command`, e.g. command = [\"/bin/sh\", \"-c\", \"test -f /ready\"]"),
+                );
+                return None;
+            };
+            Probe::Exec { command }
+        }
+        _ => {
+            let Some(port) = port else {
+                if raw.port.is_none() {
+                    c.fail(
+                        ErrorKind::MissingKey,
+                        &kind.span(),
+                        format!("{what}: a {kind_name} check needs `port`, e.g. port = 8080"),
+                    );
+                }
+                return None;
+            };
+            if kind_name == "tcp" {
+                Probe::Tcp { port }
+            } else {
+                let path = raw.path.map_or_else(|| "/".to_owned(), |p| {
+                    if !p.get_ref().starts_with('/') || p.get_ref().contains(char::is_whitespace) {
+                        rule(c, &p.span(), Err(format!("path {:?} must start with '/' and contain no spaces, e.g. \"/healthz\"", p.get_ref())));
+                    }
+                    p.into_inner()
+                });
+                let status = match &raw.status {
+                    Some(s) => match supervision::http_status(*s.get_ref()) {
+                        Ok(n) => n,
+                        Err(m) => {
+                            rule(c, &s.span(), Err(m));
+                            200
+                        }
+                    },
+                    None => 200,
+                };
+                Probe::Http { port, path, status }
+            }
+        }
+    };
+    ok.then_some(HealthCheck {
+        probe,
+        interval,
+        timeout,
+        retries,
+        start_period,
+    })
+}
+
+/// What [`supervision`] returns: restart, max_restarts, depends_on, essential, log settings.
+type Supervision = (
+    RestartPolicy,
+    Option<u32>,
+    BTreeMap<String, Condition>,
+    bool,
+    LogSettings,
+);
+
+/// `restart`, `max_restarts`, `depends_on`, `essential`, `log_max_size`, `log_files`. The
+/// dependency targets are only recorded here; [`check_dependencies`] checks the graph.
+#[allow(clippy::too_many_arguments)]
+fn supervision(
+    c: &mut Checker<'_>,
+    cname: &str,
+    key: &str,
+    restart: &Option<Spanned<String>>,
+    max_restarts: &Option<Spanned<i64>>,
+    depends_on: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    essential: &Option<Spanned<bool>>,
+    log_max_size: &Option<Spanned<toml::Value>>,
+    log_files: &Option<Spanned<i64>>,
+) -> Option<Supervision> {
+    let mut ok = true;
+    let mut fail = |c: &mut Checker<'_>, span: &Range<usize>, m: String| {
+        c.fail(
+            ErrorKind::InvalidValue,
+            span,
+            format!("container {cname:?}: {m}"),
+        );
+        ok = false;
+    };
+    let mut policy = RestartPolicy::No;
+    if let Some(r) = restart {
+        c.record(format!("{key}.restart"), &r.span());
+        match supervision::restart(r.get_ref()) {
+            Ok(p) => policy = p,
+            Err(m) => fail(c, &r.span(), m),
+        }
+    }
+    let mut max = None;
+    if let Some(m) = max_restarts {
+        c.record(format!("{key}.max_restarts"), &m.span());
+        match supervision::max_restarts(*m.get_ref()) {
+            Ok(n) => max = Some(n),
+            Err(e) => fail(c, &m.span(), e),
+        }
+    }
+    let mut deps = BTreeMap::new();
+    for (target, cond) in depends_on.unwrap_or_default() {
+        c.record(
+            format!("{key}.depends_on.{}", target.get_ref()),
+            &target.span(),
+        );
+        match supervision::condition(cond.get_ref()) {
+            Ok(condition) => {
+                c.edges.push((
+                    cname.to_owned(),
+                    target.get_ref().clone(),
+                    condition,
+                    target.span(),
+                ));
+                deps.insert(target.into_inner(), condition);
+            }
+            Err(e) => fail(
+                c,
+                &cond.span(),
+                format!("depends_on.{}: {e}", target.get_ref()),
+            ),
+        }
+    }
+    let essential = essential.as_ref().is_some_and(|e| {
+        c.record(format!("{key}.essential"), &e.span());
+        *e.get_ref()
+    });
+    let mut log = LogSettings::default();
+    if let Some(size) = log_max_size {
+        c.record(format!("{key}.log_max_size"), &size.span());
+        match supervision::log_max_size(size.get_ref()) {
+            Ok(n) => log.max_size = n,
+            Err(e) => fail(c, &size.span(), e),
+        }
+    }
+    if let Some(files) = log_files {
+        c.record(format!("{key}.log_files"), &files.span());
+        match supervision::log_files(*files.get_ref()) {
+            Ok(n) => log.files = n,
+            Err(e) => fail(c, &files.span(), e),
+        }
+    }
+    ok.then_some((policy, max, deps, essential, log))
+}
+
+/// The `depends_on` graph: unknown targets, self-dependencies, cycles, and `completed` on a
+/// container that never completes. `names` are all declared containers, valid or not (an
+/// invalid one is reported on its own; naming it is not a second error).
+fn check_dependencies(c: &mut Checker<'_>, names: &[String]) {
+    let edges: Vec<supervision::Edge<'_>> = c
+        .edges
+        .iter()
+        .map(|(from, to, condition, _)| supervision::Edge {
+            from,
+            to,
+            condition: *condition,
+            to_restart: c.restarts.get(to).copied(),
+        })
+        .collect();
+    let declared: Vec<&str> = names.iter().map(String::as_str).collect();
+    let problems = supervision::dependency_problems(&edges, &declared);
+    let spans: Vec<Range<usize>> = c.edges.iter().map(|e| e.3.clone()).collect();
+    for (index, message) in problems {
+        if let Some(span) = spans.get(index) {
+            c.fail(ErrorKind::InvalidValue, span, message);
+        }
+    }
 }
 
 /// One mount entry: `type` decides which keys are required and which are refused.

@@ -4,12 +4,16 @@
 //! one: [`spec`] merges image and manifest into the process, [`rootfs`] plans the mounts,
 //! [`launch`] starts the process in new namespaces via the [`init`] shim, [`security`] locks
 //! the process down (user, capabilities, seccomp) just before exec, and [`output`] puts its
-//! stdout/stderr on the console.
+//! stdout/stderr on the console and in its rotated [`logfile`]. [`exec`] runs a command
+//! inside a running container and [`probe`] runs its health checks.
 
 pub mod cgroup;
+pub mod exec;
 pub mod init;
 pub mod launch;
+pub mod logfile;
 pub mod output;
+pub mod probe;
 pub mod rlimit;
 pub mod rootfs;
 pub mod security;

@@ -8,7 +8,9 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use super::logfile::{SharedLog, Stream};
 
 /// A line longer than this is cut and emitted in pieces (a container printing without
 /// newlines must not grow berthd's memory without bound).
@@ -108,12 +110,33 @@ pub struct Copier {
 impl Copier {
     /// Start copying `fd` (a pipe read end) to the console with `name`'s prefix.
     pub fn spawn(name: &str, fd: OwnedFd) -> io::Result<Copier> {
+        Self::spawn_logged(name, fd, Stream::Stdout, None)
+    }
+
+    /// Same, and each line also goes to `log` (tagged with `stream`, timestamped).
+    pub fn spawn_logged(
+        name: &str,
+        fd: OwnedFd,
+        stream: Stream,
+        log: Option<SharedLog>,
+    ) -> io::Result<Copier> {
         let name = name.to_string();
+        let prefix = LinePrefixer::new(&name).prefix.len();
         let (tx, done) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name(format!("out-{name}"))
             .spawn(move || {
-                copy_lines(&name, File::from(fd), &mut |line| console_line(line));
+                copy_lines(&name, File::from(fd), &mut |line| {
+                    console_line(line);
+                    if let Some(log) = &log {
+                        let text = line
+                            .get(prefix..line.len().saturating_sub(1))
+                            .unwrap_or_default();
+                        // A poisoned lock only means another copier panicked mid-line.
+                        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                        log.write_line(SystemTime::now(), stream, text);
+                    }
+                });
                 let _ = tx.send(());
             })?;
         Ok(Copier { handle, done })
@@ -191,6 +214,22 @@ mod tests {
         let mut lines = Vec::new();
         copy_lines("c", &b"x\ny"[..], &mut |l| lines.push(l.to_vec()));
         assert_eq!(lines, [b"c | x\n".to_vec(), b"c | y\n".to_vec()]);
+    }
+
+    #[test]
+    fn a_logged_copier_writes_console_and_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("log");
+        let log = super::super::logfile::LogFile::new("t", path.clone(), 1 << 20, 2).shared();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let copier = Copier::spawn_logged("t", r, Stream::Stderr, Some(log)).unwrap();
+        File::from(w).write_all(b"first\nsecond").unwrap();
+        assert!(copier.finish(Duration::from_secs(5)));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].ends_with("Z stderr first"), "{}", lines[0]);
+        assert!(lines[1].ends_with("Z stderr second"), "{}", lines[1]);
     }
 
     #[test]

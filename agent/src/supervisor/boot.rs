@@ -3,12 +3,16 @@
 //!
 //! All of it happens before anything starts, so an invalid manifest starts nothing.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::manifest::{rules, Location, Manifest, ManifestError, MountDecl};
+use crate::manifest::{
+    rules, Condition, ContainerSpec, HealthCheck, Location, LogSettings, Manifest, ManifestError,
+    MountDecl, RestartPolicy,
+};
 use crate::runtime::cgroup::CgroupLimits;
 use crate::runtime::rootfs::ContainerMount;
 use crate::runtime::{self, rlimit, InitConfig, RootfsLayout, SpecError};
@@ -27,6 +31,58 @@ pub struct ContainerPlan {
     /// The manifest's `stop_timeout`: time between the stop signal and SIGKILL (`None`: the
     /// supervisor's default).
     pub stop_timeout: Option<Duration>,
+    /// Restart policy, dependencies, essential, logs.
+    pub supervision: Supervision,
+}
+
+impl ContainerPlan {
+    /// Its log file, `containers/NAME/log` (next to its `upper/` and `work/`), kept across
+    /// restarts.
+    pub fn log_path(&self) -> PathBuf {
+        self.init
+            .rootfs
+            .upper
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("log")
+    }
+}
+
+/// How the supervisor treats a container (the manifest's supervision keys).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Supervision {
+    /// The `[images]` entry it runs (shown by `berthctl ps`).
+    pub image: String,
+    /// `restart`.
+    pub restart: RestartPolicy,
+    /// `max_restarts` (`None`: no limit).
+    pub max_restarts: Option<u32>,
+    /// `depends_on`.
+    pub depends_on: BTreeMap<String, Condition>,
+    /// `essential`.
+    pub essential: bool,
+    /// `log_max_size`, `log_files`.
+    pub log: LogSettings,
+    /// `healthcheck`.
+    pub healthcheck: Option<HealthCheck>,
+    /// `restart_on_unhealthy`.
+    pub restart_on_unhealthy: bool,
+}
+
+impl Supervision {
+    /// The supervision keys of a manifest container.
+    pub fn from_spec(spec: &ContainerSpec) -> Self {
+        Supervision {
+            image: spec.image.clone(),
+            restart: spec.restart,
+            max_restarts: spec.max_restarts,
+            depends_on: spec.depends_on.clone(),
+            essential: spec.essential,
+            log: spec.log,
+            healthcheck: spec.healthcheck.clone(),
+            restart_on_unhealthy: spec.restart_on_unhealthy,
+        }
+    }
 }
 
 /// Why the manifest was rejected. Every variant's message starts with the `file:line:column`
@@ -236,14 +292,28 @@ pub fn ensure_registry_image(
     })
 }
 
+/// The directory a manifest's image sources are relative to: the manifest's own.
+pub fn base_dir_of(manifest_path: &Path) -> &Path {
+    manifest_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Load `manifest_path`, import its images (layouts relative to the manifest's directory) into
 /// `STATE/store`, and plan every container.
 pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError> {
     let manifest = Manifest::load(manifest_path)?;
-    let base_dir = manifest_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    prepare_manifest(manifest, base_dir_of(manifest_path), state_dir)
+}
+
+/// [`prepare`] for a manifest already loaded, its image sources relative to `base_dir` (an
+/// applied manifest uses the boot manifest's directory, where the host's images are).
+pub fn prepare_manifest(
+    manifest: Manifest,
+    base_dir: &Path,
+    state_dir: &Path,
+) -> Result<Boot, BootError> {
     let images = manifest.resolve_images(base_dir)?;
 
     let store_path = store_dir(state_dir);
@@ -336,6 +406,7 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
             },
             stop_signal,
             stop_timeout: spec.stop_timeout,
+            supervision: Supervision::from_spec(spec),
         });
     }
     Ok(Boot { manifest, plans })

@@ -254,6 +254,13 @@ mod tests {
             read_only: false,
             userns: false,
             mounts: Vec::new(),
+            restart: Default::default(),
+            max_restarts: None,
+            depends_on: Default::default(),
+            essential: false,
+            log: Default::default(),
+            healthcheck: None,
+            restart_on_unhealthy: false,
         }
     }
 

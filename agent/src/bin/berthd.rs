@@ -102,8 +102,17 @@ fn main() -> ExitCode {
 
     // A rejected manifest starts nothing; berthd still serves its local API, so an operator
     // can `berthctl apply` a fixed manifest without a rebuild.
+    let mut waiter = None;
     let (plans, remote_api) = match load(&manifest, &state_dir) {
         Ok(boot) => {
+            if !boot.waiting.is_empty() {
+                waiter = Some(supervisor::images::ImageWaiter::spawn(
+                    &boot.manifest,
+                    &base_dir,
+                    &state_dir,
+                    &boot.waiting,
+                ));
+            }
             if let Err(e) = supervisor::set_host_hostname(&boot.manifest.host.hostname) {
                 console::emit(&Event::Error {
                     what: format!(
@@ -161,8 +170,8 @@ fn main() -> ExitCode {
     }
     let control = Control {
         requests,
-        state_dir,
-        base_dir,
+        state_dir: state_dir.clone(),
+        base_dir: base_dir.clone(),
         init: (nix::unistd::getppid() == nix::unistd::Pid::from_raw(1))
             .then(|| nix::unistd::Pid::from_raw(1)),
     };
@@ -171,9 +180,35 @@ fn main() -> ExitCode {
     }
     sup.run(&signals, |sup| {
         control.serve(sup);
+        // An image that was waiting arrived: plan again, its containers join, nothing else
+        // changes.
+        if waiter.as_ref().is_some_and(|w| !w.arrived().is_empty()) {
+            match Manifest::load(&active_manifest(&manifest, &state_dir))
+                .map_err(Into::into)
+                .and_then(|m| {
+                    supervisor::boot::prepare_manifest_with(m, &base_dir, &state_dir, false)
+                }) {
+                Ok(boot) => {
+                    sup.reconcile(boot.plans);
+                }
+                Err(e) => console::emit(&Event::Error {
+                    what: error_chain(&e),
+                }),
+            }
+        }
         true
     });
     ExitCode::SUCCESS
+}
+
+/// The manifest file in force: the applied one when saved, else the boot manifest.
+fn active_manifest(manifest: &Path, state_dir: &Path) -> PathBuf {
+    let saved = state_dir.join(SAVED_MANIFEST);
+    if saved.exists() {
+        saved
+    } else {
+        manifest.to_path_buf()
+    }
 }
 
 /// The manifest to run: the one last applied (saved in the state directory) when there is

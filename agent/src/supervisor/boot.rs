@@ -177,8 +177,28 @@ fn at(manifest: &Manifest, key: &str) -> String {
 pub struct Boot {
     /// The manifest.
     pub manifest: Manifest,
-    /// One plan per container.
+    /// One plan per container whose image is in the store.
     pub plans: Vec<ContainerPlan>,
+    /// `registry:` images that could not be pulled yet; their containers have no plan and
+    /// wait (see `supervisor::images`).
+    pub waiting: Vec<WaitingImage>,
+}
+
+/// A `registry:` image not in the store yet, and who waits for it.
+#[derive(Debug, Clone)]
+pub struct WaitingImage {
+    /// `[images]` key.
+    pub name: String,
+    /// What to pull.
+    pub reference: crate::registry::RegistryRef,
+    /// `file:line:column` of its `source`.
+    pub at: String,
+    /// Why the last pull failed.
+    pub error: String,
+    /// Whether trying again can help (see [`crate::registry::PullError::is_retryable`]).
+    pub retryable: bool,
+    /// The containers that use it.
+    pub containers: Vec<String>,
 }
 
 /// The image store below the state directory.
@@ -235,6 +255,32 @@ pub fn container_mount(decl: &MountDecl, state_dir: &Path) -> ContainerMount {
     }
 }
 
+/// Registry image `name` from what is on this host: the store, when it holds it from the same
+/// reference, else the copy pulled at build time (`MANIFEST_DIR/pulled/NAME`) when it is of
+/// this reference. `None`: it must be pulled.
+pub fn local_registry_image(
+    store: &Store,
+    base_dir: &Path,
+    name: &str,
+    reference: &crate::registry::RegistryRef,
+) -> Result<Option<crate::store::StoredImage>, crate::registry::PullError> {
+    use crate::registry::{self, PullError};
+    let wanted = reference.to_string();
+    if store.source_of(name).as_deref() == Some(wanted.as_str()) {
+        if let Ok(image) = store.image(name) {
+            return Ok(Some(image));
+        }
+    }
+    let shipped = base_dir.join(registry::PULLED_DIR).join(name);
+    if registry::layout_source(&shipped).as_deref() == Some(wanted.as_str()) {
+        let store_err = |e| PullError::Store(Box::new(e));
+        let image = store.import_oci_layout(name, &shipped).map_err(store_err)?;
+        store.record_source(name, &wanted).map_err(store_err)?;
+        return Ok(Some(image));
+    }
+    Ok(None)
+}
+
 /// Bring `registry:` image `name` into the store: nothing to do when the store already holds
 /// it from the same reference; else import the copy pulled at build time
 /// (`MANIFEST_DIR/pulled/NAME`) when it is of this reference; else pull it, with a console line
@@ -247,20 +293,11 @@ pub fn ensure_registry_image(
     name: &str,
     reference: &crate::registry::RegistryRef,
 ) -> Result<crate::store::StoredImage, crate::registry::PullError> {
-    use crate::registry::{self, PullError, PullEvent};
-    let wanted = reference.to_string();
-    if store.source_of(name).as_deref() == Some(wanted.as_str()) {
-        if let Ok(image) = store.image(name) {
-            return Ok(image);
-        }
-    }
-    let shipped = base_dir.join(registry::PULLED_DIR).join(name);
-    if registry::layout_source(&shipped).as_deref() == Some(wanted.as_str()) {
-        let store_err = |e| PullError::Store(Box::new(e));
-        let image = store.import_oci_layout(name, &shipped).map_err(store_err)?;
-        store.record_source(name, &wanted).map_err(store_err)?;
+    use crate::registry::{self, PullEvent};
+    if let Some(image) = local_registry_image(store, base_dir, name, reference)? {
         return Ok(image);
     }
+    let wanted = reference.to_string();
     let options = registry::options_for(manifest, &reference.registry, Some(state_dir));
     crate::console::emit(&crate::console::Event::Pulling {
         image: name.to_string(),
@@ -314,6 +351,17 @@ pub fn prepare_manifest(
     base_dir: &Path,
     state_dir: &Path,
 ) -> Result<Boot, BootError> {
+    prepare_manifest_with(manifest, base_dir, state_dir, true)
+}
+
+/// [`prepare_manifest`]; without `pull`, a registry image not in the store (or shipped
+/// pre-pulled) is left waiting without a network attempt (the background pullers own those).
+pub fn prepare_manifest_with(
+    manifest: Manifest,
+    base_dir: &Path,
+    state_dir: &Path,
+    pull: bool,
+) -> Result<Boot, BootError> {
     let images = manifest.resolve_images(base_dir)?;
 
     let store_path = store_dir(state_dir);
@@ -333,21 +381,44 @@ pub fn prepare_manifest(
             })?;
     }
 
+    // A registry image that cannot be pulled now holds back only its own containers.
+    let mut waiting = Vec::new();
     for (name, decl) in &manifest.images {
         if let crate::manifest::ImageSource::Registry(reference) = &decl.source {
-            ensure_registry_image(&store, &manifest, base_dir, state_dir, name, reference)
-                .map_err(|source| BootError::Pull {
-                    at: at(&manifest, &format!("images.{name}.source")),
+            let result = if pull {
+                ensure_registry_image(&store, &manifest, base_dir, state_dir, name, reference)
+            } else {
+                local_registry_image(&store, base_dir, name, reference).and_then(|found| {
+                    found.ok_or_else(|| crate::registry::PullError::NotFound {
+                        reference: reference.to_string(),
+                        message: "not pulled yet".into(),
+                    })
+                })
+            };
+            if let Err(e) = result {
+                waiting.push(WaitingImage {
                     name: name.clone(),
-                    reference: reference.to_string(),
-                    source: Box::new(source),
-                })?;
+                    reference: reference.clone(),
+                    at: at(&manifest, &format!("images.{name}.source")),
+                    error: crate::runtime::init::error_chain(&e),
+                    retryable: e.is_retryable(),
+                    containers: manifest
+                        .containers
+                        .iter()
+                        .filter(|(_, c)| &c.image == name)
+                        .map(|(c, _)| c.clone())
+                        .collect(),
+                });
+            }
         }
     }
 
     let containers = containers_dir(state_dir);
     let mut plans = Vec::with_capacity(manifest.containers.len());
     for (name, spec) in &manifest.containers {
+        if waiting.iter().any(|w| w.name == spec.image) {
+            continue;
+        }
         let image = store
             .image(&spec.image)
             .map_err(|source| BootError::Image {
@@ -409,5 +480,9 @@ pub fn prepare_manifest(
             supervision: Supervision::from_spec(spec),
         });
     }
-    Ok(Boot { manifest, plans })
+    Ok(Boot {
+        manifest,
+        plans,
+        waiting,
+    })
 }

@@ -109,7 +109,16 @@ impl Control {
         };
         let hostname = manifest.host.hostname.clone();
         let plans = match boot::prepare_manifest(manifest, &self.base_dir, &self.state_dir) {
-            Ok(b) => b.plans,
+            Ok(b) => match b.waiting.first() {
+                // apply changes all or nothing: every image must be in the store first.
+                Some(w) => {
+                    return Reply::Invalid(format!(
+                        "{}: image {:?}: cannot pull {}: {}; nothing was changed (pull it with `berthctl pull`, then apply again)",
+                        w.at, w.name, w.reference, w.error
+                    ))
+                }
+                None => b.plans,
+            },
             Err(e) => return Reply::Invalid(error_chain(&e)),
         };
         if !apply {

@@ -14,6 +14,7 @@ pub mod control;
 pub mod deps;
 pub mod events;
 pub mod health;
+pub mod images;
 pub mod restart;
 pub mod signals;
 

@@ -51,6 +51,8 @@ pub struct Registry {
     child: Option<Child>,
     dir: TempDir,
     credentials: Option<(String, String)>,
+    /// PEM of the private CA when serving HTTPS.
+    tls: Option<String>,
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String, RegistryError> {
@@ -89,9 +91,102 @@ impl Registry {
             child: None,
             dir,
             credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
+            tls: None,
         };
         registry.spawn()?;
         Ok(registry)
+    }
+
+    /// Start a registry serving HTTPS with a certificate for 127.0.0.1 from a fresh private CA
+    /// (made with `openssl`); [`Registry::certificate`] is the CA's PEM, the one to trust.
+    pub fn start_tls() -> Result<Registry, RegistryError> {
+        let port = free_port().map_err(|source| RegistryError::Spawn {
+            program: "bind".into(),
+            source,
+        })?;
+        let dir = TempDir::new("berth-registry").map_err(|source| RegistryError::Spawn {
+            program: "mktemp".into(),
+            source,
+        })?;
+        // A CA, and a server certificate for 127.0.0.1 it signed (a self-signed CA used as
+        // the server's own certificate is refused by webpki).
+        let path = |name: &str| dir.0.join(name).to_string_lossy().into_owned();
+        let ext = dir.0.join("leaf.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .map_err(|source| RegistryError::Spawn {
+            program: "write leaf.ext".into(),
+            source,
+        })?;
+        let steps: [Vec<String>; 3] = [
+            [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "/CN=berth test CA".to_string(),
+                "-keyout".into(),
+                path("ca.key"),
+                "-out".into(),
+                path("ca.pem"),
+            ])
+            .collect(),
+            vec![
+                "req".into(),
+                "-newkey".into(),
+                "rsa:2048".into(),
+                "-nodes".into(),
+                "-subj".into(),
+                "/CN=127.0.0.1".into(),
+                "-keyout".into(),
+                path("key.pem"),
+                "-out".into(),
+                path("leaf.csr"),
+            ],
+            vec![
+                "x509".into(),
+                "-req".into(),
+                "-in".into(),
+                path("leaf.csr"),
+                "-CA".into(),
+                path("ca.pem"),
+                "-CAkey".into(),
+                path("ca.key"),
+                "-CAcreateserial".into(),
+                "-days".into(),
+                "2".into(),
+                "-extfile".into(),
+                path("leaf.ext"),
+                "-out".into(),
+                path("cert.pem"),
+            ],
+        ];
+        for step in &steps {
+            let args: Vec<&str> = step.iter().map(String::as_str).collect();
+            run("openssl", &args)?;
+        }
+        let cert = dir.0.join("ca.pem");
+        let pem = std::fs::read_to_string(&cert).map_err(|source| RegistryError::Spawn {
+            program: "read the certificate".into(),
+            source,
+        })?;
+        let mut registry = Registry {
+            port,
+            child: None,
+            dir,
+            credentials: None,
+            tls: Some(pem),
+        };
+        registry.spawn()?;
+        Ok(registry)
+    }
+
+    /// The PEM of the CA that signed the certificate of a [`Registry::start_tls`] registry.
+    pub fn certificate(&self) -> Option<&str> {
+        self.tls.as_deref()
     }
 
     fn config(&self) -> Result<PathBuf, RegistryError> {
@@ -101,6 +196,13 @@ impl Registry {
             root.join("data").display(),
             self.port
         );
+        if self.tls.is_some() {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                root.join("cert.pem").display(),
+                root.join("key.pem").display()
+            ));
+        }
         if let Some((user, password)) = &self.credentials {
             let line = run("htpasswd", &["-Bbn", user, password])?;
             let file = root.join("htpasswd");
@@ -178,6 +280,7 @@ impl Registry {
     pub fn push(&self, layout: &Path, repo_tag: &str) -> Result<(), RegistryError> {
         let src = format!("oci:{}", layout.display());
         let dst = format!("docker://{}/{repo_tag}", self.host());
+        // The test's own self-signed registry: skopeo need not verify it.
         let mut args = vec![
             "copy",
             "--quiet",

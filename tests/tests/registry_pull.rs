@@ -406,3 +406,41 @@ fn images_lists_and_prune_keeps_only_what_is_declared_or_mounted() {
     assert!(store.blob_if_present(&b_layers[1]).is_none());
     assert!(store.image("b").is_err());
 }
+
+#[test]
+fn https_registries_need_a_trusted_ca() {
+    let reg = Registry::start_tls().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, _) = layout(tmp.path(), "img", &[layer(&[("f", b"tls\n")])]);
+    reg.push(&img, "secure/app:1").unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let reference = format!("{}/secure/app:1", reg.host());
+
+    // A self-signed certificate is not trusted by the system bundle.
+    let (result, _) = pull(&store, "app", &reference, &PullOptions::default());
+    let err = result.unwrap_err();
+    let text = berth_agent::runtime::init::error_chain(&err);
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+    assert!(store.image("app").is_err());
+
+    // Trusting its CA (`[registries."HOST"] ca`) makes it work, over HTTPS.
+    let trusted = PullOptions {
+        ca_pem: Some(reg.certificate().unwrap().to_string()),
+        ..PullOptions::default()
+    };
+    let (result, _) = pull(&store, "app", &reference, &trusted);
+    let image =
+        result.unwrap_or_else(|e| panic!("{}", berth_agent::runtime::init::error_chain(&e)));
+    assert_eq!(
+        fs::read(image.layer_dirs[0].join("f")).unwrap(),
+        b"tls\n".to_vec()
+    );
+
+    // A `ca` that is not PEM is refused before any connection.
+    let bad = PullOptions {
+        ca_pem: Some("not a certificate".into()),
+        ..PullOptions::default()
+    };
+    let (result, _) = pull(&store, "app2", &reference, &bad);
+    assert!(matches!(result.unwrap_err(), PullError::BadCa { .. }));
+}

@@ -578,7 +578,8 @@ fn layout_blob_path(layout: &Path, digest: &str) -> Result<PathBuf, StoreError> 
     Ok(layout.join("blobs/sha256").join(sha256_hex(digest)?))
 }
 
-fn parse_manifest(bytes: &[u8], digest: &str) -> Result<ImageManifest, StoreError> {
+/// Parse an image manifest blob (`digest` names it in errors).
+pub fn parse_manifest(bytes: &[u8], digest: &str) -> Result<ImageManifest, StoreError> {
     ImageManifest::from_reader(bytes).map_err(|e| StoreError::BadDocument {
         what: "image manifest",
         digest: digest.to_string(),
@@ -586,7 +587,8 @@ fn parse_manifest(bytes: &[u8], digest: &str) -> Result<ImageManifest, StoreErro
     })
 }
 
-fn parse_config(bytes: &[u8], digest: &str) -> Result<ImageConfiguration, StoreError> {
+/// Parse an image config blob (`digest` names it in errors).
+pub fn parse_config(bytes: &[u8], digest: &str) -> Result<ImageConfiguration, StoreError> {
     let config = ImageConfiguration::from_reader(bytes).map_err(|e| StoreError::BadDocument {
         what: "image config",
         digest: digest.to_string(),

@@ -4,6 +4,7 @@
 //! over these modules; `berth-image` uses the same manifest and OCI code at build time so an
 //! image is seeded with exactly what the agent reads at boot.
 
+pub mod config_source;
 pub mod console;
 pub mod manifest;
 pub mod oci;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use berth_agent::config_source;
 use berth_agent::console::{self, Event};
 use berth_agent::runtime::cgroup::{self, Cgroups};
 use berth_agent::runtime::{self, init::error_chain, InitProgram, INIT_ARG};
@@ -17,7 +18,9 @@ use berth_agent::supervisor::{
 };
 use clap::Parser;
 
-/// Default manifest location (env `BERTH_MANIFEST`).
+/// The manifest built into the image (env `BERTH_MANIFEST`), used when no config source
+/// (kernel command line, fw_cfg, config drive, cloud metadata) has one and the state partition
+/// holds no last good one.
 const DEFAULT_MANIFEST: &str = "/etc/berth/manifest.toml";
 /// Default state directory (env `BERTH_STATE_DIR`).
 const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
@@ -28,7 +31,8 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
     about = "berth agent: runs the host manifest's containers"
 )]
 struct Cli {
-    /// Host manifest (default: $BERTH_MANIFEST, else /etc/berth/manifest.toml).
+    /// Built-in host manifest (default: $BERTH_MANIFEST, else /etc/berth/manifest.toml); config
+    /// sources take precedence, and image sources are relative to its directory.
     #[arg(long, value_name = "PATH")]
     manifest: Option<PathBuf>,
     /// State directory holding the store and containers (default: $BERTH_STATE_DIR, else
@@ -81,7 +85,17 @@ fn main() -> ExitCode {
     let cgroup_root = from_env_or(cli.cgroup_root, "BERTH_CGROUP_ROOT", cgroup::DEFAULT_ROOT);
     let stop_grace = Duration::try_from_secs_f64(cli.stop_grace).unwrap_or(DEFAULT_STOP_GRACE);
 
-    let boot = match supervisor::prepare(&manifest, &state_dir) {
+    let paths = config_source::boot::BootPaths::host(manifest, state_dir.clone());
+    let Some(selection) = config_source::boot::load(&paths) else {
+        console::emit(&Event::ManifestRejected);
+        idle(&signals);
+        return ExitCode::SUCCESS;
+    };
+    let boot = match supervisor::boot::prepare_manifest(
+        selection.manifest,
+        paths.images_dir(),
+        &state_dir,
+    ) {
         Ok(boot) => boot,
         Err(e) => {
             console::emit(&Event::Error {

@@ -174,7 +174,17 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let images = manifest.resolve_images(base_dir)?;
+    prepare_manifest(manifest, base_dir, state_dir)
+}
+
+/// [`prepare`] for a manifest already loaded (from any config source): its image sources are
+/// relative to `images_dir`.
+pub fn prepare_manifest(
+    manifest: Manifest,
+    images_dir: &Path,
+    state_dir: &Path,
+) -> Result<Boot, BootError> {
+    let images = manifest.resolve_images(images_dir)?;
 
     let store_path = store_dir(state_dir);
     let store = Store::open(&store_path).map_err(|source| BootError::Store {

@@ -223,6 +223,10 @@ fn invalid_user_data_falls_back_to_the_built_in_manifest_with_a_located_error() 
 /// A fake EC2 IMDSv2 on 127.0.0.1: a token for `PUT /latest/api/token`, `user_data` for a
 /// `GET /latest/user-data` carrying that token, 401 otherwise. Counts the user-data requests
 /// that presented the token.
+///
+/// QEMU's `guestfwd` to a TCP address is one connection QEMU opens at start and carries every
+/// guest connection over, so the server answers request after request on a connection and
+/// never closes it first.
 fn fake_imds(user_data: String) -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -231,37 +235,52 @@ fn fake_imds(user_data: String) -> (u16, Arc<AtomicUsize>) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut head = Vec::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                head.push(line.trim_end().to_owned());
-            }
-            let request = head.join("\n");
-            let (status, body) = if request.starts_with("PUT /latest/api/token ")
-                && request.contains("X-aws-ec2-metadata-token-ttl-seconds:")
-            {
-                ("200 OK", "berth-test-token".to_owned())
-            } else if request.starts_with("GET /latest/user-data ")
-                && request.contains("X-aws-ec2-metadata-token: berth-test-token")
-            {
-                counter.fetch_add(1, Ordering::SeqCst);
-                ("200 OK", user_data.clone())
-            } else {
-                ("401 Unauthorized", String::new())
-            };
-            let mut stream = stream;
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            let counter = counter.clone();
+            let user_data = user_data.clone();
+            std::thread::spawn(move || serve_imds(stream, &user_data, &counter));
         }
     });
     (port, served)
+}
+
+fn serve_imds(stream: std::net::TcpStream, user_data: &str, counter: &AtomicUsize) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut stream = stream;
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push(line.trim_end().to_owned());
+        }
+        let request = head.join("\n");
+        let (status, body) = if request.starts_with("PUT /latest/api/token ")
+            && request.contains("X-aws-ec2-metadata-token-ttl-seconds:")
+        {
+            ("200 OK", "berth-test-token")
+        } else if request.starts_with("GET /latest/user-data ")
+            && request.contains("X-aws-ec2-metadata-token: berth-test-token")
+        {
+            counter.fetch_add(1, Ordering::SeqCst);
+            ("200 OK", user_data)
+        } else {
+            ("401 Unauthorized", "")
+        };
+        if write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .is_err()
+        {
+            return;
+        }
+    }
 }
 
 #[test]

@@ -113,16 +113,36 @@ impl ImdsSource {
         format!("imds:http://{}/latest/user-data", self.address)
     }
 
-    fn exchange(&self, request: &str) -> std::io::Result<Response> {
-        let mut stream = TcpStream::connect_timeout(&self.address, self.connect_timeout)?;
+    /// Connect: an error here means nothing serves the address.
+    fn connect(&self) -> std::io::Result<TcpStream> {
+        TcpStream::connect_timeout(&self.address, self.connect_timeout)
+    }
+
+    fn exchange(&self, mut stream: TcpStream, request: &str) -> std::io::Result<Response> {
         stream.set_read_timeout(Some(self.io_timeout))?;
         stream.set_write_timeout(Some(self.io_timeout))?;
         stream.write_all(request.as_bytes())?;
+        // Read until the body is complete by its Content-Length (or the peer closes): a
+        // forwarded connection may never show the server's close.
+        let limit = usize::try_from(MAX_MANIFEST_BYTES).unwrap_or(usize::MAX) + 64 * 1024;
         let mut raw = Vec::new();
-        stream
-            .take(MAX_MANIFEST_BYTES + 64 * 1024)
-            .read_to_end(&mut raw)?;
-        Response::parse(&raw)
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if let Some(response) = Response::complete(&raw)? {
+                return Ok(response);
+            }
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                return Response::parse(&raw);
+            }
+            raw.extend_from_slice(&buf[..n]);
+            if raw.len() > limit {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "HTTP response larger than a manifest may be",
+                ));
+            }
+        }
     }
 }
 
@@ -136,11 +156,18 @@ impl Source for ImdsSource {
             return Ok(None);
         }
         let host = self.address;
-        let token = match self.exchange(&format!(
+        let read_error = |source| SourceError::Read {
+            origin: self.origin(),
+            source,
+        };
+        // Nothing answers: there is no metadata service here.
+        let Ok(stream) = self.connect() else {
+            return Ok(None);
+        };
+        let token = match self.exchange(stream, &format!(
             "PUT /latest/api/token HTTP/1.1\r\nHost: {host}\r\nX-aws-ec2-metadata-token-ttl-seconds: {TOKEN_TTL}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )) {
-            // Nothing answers: there is no metadata service here.
-            Err(_) => return Ok(None),
+            Err(e) => return Err(read_error(e)),
             Ok(r) if r.status == 200 => String::from_utf8_lossy(&r.body).trim().to_owned(),
             Ok(r) => {
                 return Err(SourceError::Unusable {
@@ -153,13 +180,11 @@ impl Source for ImdsSource {
             }
         };
         let response = self
-            .exchange(&format!(
+            .connect()
+            .and_then(|stream| self.exchange(stream, &format!(
                 "GET /latest/user-data HTTP/1.1\r\nHost: {host}\r\nX-aws-ec2-metadata-token: {token}\r\nConnection: close\r\n\r\n"
-            ))
-            .map_err(|source| SourceError::Read {
-                origin: self.origin(),
-                source,
-            })?;
+            )))
+            .map_err(read_error)?;
         match response.status {
             200 => Ok(Some(Found {
                 origin: self.origin(),
@@ -182,6 +207,24 @@ struct Response {
 }
 
 impl Response {
+    /// The response once `raw` holds its header and a body of its Content-Length; `None`
+    /// while more is needed (or no Content-Length says when it ends).
+    fn complete(raw: &[u8]) -> std::io::Result<Option<Response>> {
+        let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Ok(None);
+        };
+        let head = String::from_utf8_lossy(&raw[..end]);
+        let length = head
+            .split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+        match length {
+            Some(length) if raw.len() >= end + 4 + length => Response::parse(raw).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     fn parse(raw: &[u8]) -> std::io::Result<Response> {
         let bad =
             |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
@@ -227,6 +270,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let handle = std::thread::spawn(move || {
             let mut seen = Vec::new();
+            // Connections stay open until the end: the client must not wait for a close.
+            let mut open = Vec::new();
             for _ in 0..requests {
                 let (stream, _) = listener.accept().unwrap();
                 let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
@@ -262,6 +307,7 @@ mod tests {
                     body.len()
                 )
                 .unwrap();
+                open.push(stream);
             }
             seen
         });
@@ -353,6 +399,17 @@ mod tests {
         let r = Response::parse(b"HTTP/1.0 404 Not Found\r\n\r\n").unwrap();
         assert_eq!(r.status, 404);
         assert!(Response::parse(b"garbage").is_err());
+        assert_eq!(
+            Response::complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab").unwrap(),
+            None
+        );
+        assert_eq!(
+            Response::complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc").unwrap(),
+            Some(Response {
+                status: 200,
+                body: b"abc".to_vec()
+            })
+        );
         assert!(Response::parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab").is_err());
     }
 }

@@ -84,8 +84,18 @@ impl fmt::Display for Event<'_> {
 }
 
 /// Print one event line on stdout (berthd's stdout is the console) in a single write.
+/// Boot timeline phases an event marks (`berth: timeline ...`, see [`crate::timeline`]) follow
+/// its line.
 pub fn emit(event: &Event<'_>) {
-    let line = format!("{event}\n");
+    write_line(&event.to_string());
+    for line in crate::timeline::after(event) {
+        write_line(&line);
+    }
+}
+
+/// Print one line (a newline is added) on stdout in a single write.
+pub fn write_line(line: &str) {
+    let line = format!("{line}\n");
     let mut out = std::io::stdout().lock();
     // Nothing sensible can be done when the console itself fails.
     let _ = out.write_all(line.as_bytes());

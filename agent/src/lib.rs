@@ -11,3 +11,4 @@ pub mod oci;
 pub mod runtime;
 pub mod store;
 pub mod supervisor;
+pub mod timeline;

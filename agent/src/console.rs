@@ -56,6 +56,15 @@ pub enum Event<'a> {
     LogError { container: &'a str, error: String },
     /// The API listens on `at`.
     ApiListening { at: String },
+    /// Where the manifest boot applies came from (see `config_source`); `fallback_from`
+    /// names the source whose manifest was refused when this one replaces it.
+    ManifestSource {
+        source: &'a str,
+        origin: &'a str,
+        fallback_from: Option<&'a str>,
+    },
+    /// A manifest source was present but its manifest was refused (`error` is located).
+    SourceRefused { source: &'a str, error: String },
     /// Every container that should run is running.
     Ready { running: usize, declared: usize },
     /// The manifest (or one of its images) was refused: nothing was started.
@@ -143,6 +152,20 @@ impl fmt::Display for Event<'_> {
                 "berth: error: container={container}: cannot write its log ({error}); its output goes to the console only until the log can be written again"
             ),
             Event::ApiListening { at } => write!(f, "berth: api listening on {at}"),
+            Event::ManifestSource {
+                source,
+                origin,
+                fallback_from,
+            } => {
+                write!(f, "berth: manifest source={source} from={origin}")?;
+                match fallback_from {
+                    Some(refused) => write!(f, " fallback_from={refused}"),
+                    None => Ok(()),
+                }
+            }
+            Event::SourceRefused { source, error } => {
+                write!(f, "berth: error: manifest source={source} refused: {error}")
+            }
             Event::Ready { running, declared } => {
                 write!(f, "berth: ready containers={running}/{declared}")
             }
@@ -157,8 +180,13 @@ impl fmt::Display for Event<'_> {
 }
 
 /// Print one event line on stdout (berthd's stdout is the console) in a single write.
+/// Boot timeline phases an event marks (`berth: timeline ...`, see [`crate::timeline`]) follow
+/// its line.
 pub fn emit(event: &Event<'_>) {
     emit_line(&event.to_string());
+    for line in crate::timeline::after(event) {
+        emit_line(&line);
+    }
 }
 
 /// Print one already formatted contract line (see [`Event`]) in a single write.
@@ -209,6 +237,32 @@ mod tests {
             }
             .to_string(),
             "berth: warning: no cgroup v2"
+        );
+        assert_eq!(
+            Event::ManifestSource {
+                source: "fw_cfg",
+                origin: "fw_cfg:opt/berth/manifest",
+                fallback_from: None,
+            }
+            .to_string(),
+            "berth: manifest source=fw_cfg from=fw_cfg:opt/berth/manifest"
+        );
+        assert_eq!(
+            Event::ManifestSource {
+                source: "state",
+                origin: "/var/lib/berth/manifest.toml",
+                fallback_from: Some("config-drive"),
+            }
+            .to_string(),
+            "berth: manifest source=state from=/var/lib/berth/manifest.toml fallback_from=config-drive"
+        );
+        assert_eq!(
+            Event::SourceRefused {
+                source: "imds",
+                error: "imds:x:1:1: bad".into(),
+            }
+            .to_string(),
+            "berth: error: manifest source=imds refused: imds:x:1:1: bad"
         );
         assert_eq!(
             Event::Ready {

@@ -5,6 +5,7 @@
 //! image is seeded with exactly what the agent reads at boot.
 
 pub mod api;
+pub mod config_source;
 pub mod console;
 pub mod imagectl;
 pub mod manifest;
@@ -13,3 +14,4 @@ pub mod registry;
 pub mod runtime;
 pub mod store;
 pub mod supervisor;
+pub mod timeline;

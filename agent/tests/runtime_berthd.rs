@@ -281,8 +281,12 @@ fn a_rejected_manifest_starts_nothing_and_berthd_stays_up() {
     )
     .unwrap();
     let mut berthd = Berthd::start(&manifest, &tmp.path().join("state"));
+    // The built-in manifest is the only source here: refused, located, and nothing else.
     let err = berthd.wait_for("error", |l| l.starts_with("berth: error: "));
-    let expected_prefix = format!("berth: error: {}:5:", manifest.display());
+    let expected_prefix = format!(
+        "berth: error: manifest source=image refused: {}:5:",
+        manifest.display()
+    );
     assert!(err.starts_with(&expected_prefix), "{err}");
     assert!(err.contains("colour"), "{err}");
     berthd.wait_for("rejected", |l| {
@@ -616,6 +620,8 @@ fn berthctl_drives_a_live_berthd() {
         next.replace("restart = \"always\"", "restart = \"sometimes\""),
     )
     .unwrap();
+    // The boot saved the manifest it ran as the last good one; a refused apply keeps it.
+    let last_good = fs::read_to_string(state.join("manifest.toml")).unwrap();
     let (code, _, err) = berthctl(&state, &["apply", bad_file.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(
@@ -625,7 +631,10 @@ fn berthctl_drives_a_live_berthd() {
         )),
         "{err}"
     );
-    assert!(!state.join("manifest.toml").exists());
+    assert_eq!(
+        fs::read_to_string(state.join("manifest.toml")).unwrap(),
+        last_good
+    );
 
     let (code, out, err) = berthctl(&state, &["apply", next_file.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");

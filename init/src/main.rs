@@ -15,6 +15,7 @@ mod shutdown;
 mod state;
 mod switch_root;
 mod sys;
+mod timeline;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -43,18 +44,33 @@ fn main() {
         );
     }));
 
+    let pid1_started = match std::env::var(timeline::PID1_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(ms) => ms,
+        None => {
+            let ms = timeline::boottime_ms();
+            // Single-threaded here: nothing else reads the environment concurrently. The
+            // re-exec below passes it on.
+            std::env::set_var(timeline::PID1_ENV, ms.to_string());
+            ms
+        }
+    };
     if std::env::var_os(switch_root::MARKER_ENV).is_none() {
         log!("init started");
+        console::log(&timeline::phase_message("pid1_started", pid1_started));
         guarded("switch_root", (), try_switch_root);
     } else {
         log!("init re-executed on a tmpfs root");
     }
 
-    let mut pid1 = guarded("boot", None, || Some(boot())).unwrap_or_else(|| {
+    let mut pid1 = guarded("boot", None, || Some(boot(pid1_started))).unwrap_or_else(|| {
         Pid1::new(
             agent_spec(
                 Path::new(cmdline::DEFAULT_AGENT),
                 state::StateMode::Ephemeral,
+                &timeline::agent_value(&[("pid1_started", pid1_started)]),
             ),
             cmdline::DEFAULT_STOP_TIMEOUT,
         )
@@ -133,19 +149,20 @@ fn try_switch_root() {
     }
 }
 
-fn agent_spec(path: &Path, mode: state::StateMode) -> AgentSpec {
+fn agent_spec(path: &Path, mode: state::StateMode, timeline: &str) -> AgentSpec {
     AgentSpec {
         path: path.to_path_buf(),
         env: vec![
             ("PATH".to_string(), AGENT_PATH_ENV.to_string()),
             ("BERTH_STATE_MODE".to_string(), mode.as_str().to_string()),
             ("BERTH_STATE_DIR".to_string(), state::STATE_DIR.to_string()),
+            (timeline::AGENT_ENV.to_string(), timeline.to_string()),
         ],
     }
 }
 
 /// Everything between the root switch and the main loop; each step logs and survives failure.
-fn boot() -> Pid1 {
+fn boot(pid1_started: u64) -> Pid1 {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     for (spec, outcome) in mounts::mount_all(&mut mounts::RealMounts, mounts::EARLY_MOUNTS) {
         match outcome {
@@ -190,6 +207,8 @@ fn boot() -> Pid1 {
     let mode = guarded("state partition setup", state::StateMode::Ephemeral, || {
         state::setup(&|line| console::log(line))
     });
+    let state_mounted = timeline::boottime_ms();
+    console::log(&timeline::phase_message("state_mounted", state_mounted));
     log!(
         "hostname={} state={} agent={} stop_timeout={}s",
         config.hostname,
@@ -197,7 +216,14 @@ fn boot() -> Pid1 {
         config.agent.display(),
         config.stop_timeout.as_secs()
     );
-    Pid1::new(agent_spec(&config.agent, mode), config.stop_timeout)
+    let phases = [
+        ("pid1_started", pid1_started),
+        ("state_mounted", state_mounted),
+    ];
+    Pid1::new(
+        agent_spec(&config.agent, mode, &timeline::agent_value(&phases)),
+        config.stop_timeout,
+    )
 }
 
 #[cfg(test)]
@@ -206,7 +232,11 @@ mod tests {
 
     #[test]
     fn agent_gets_path_and_state_env() {
-        let spec = agent_spec(Path::new("/usr/bin/berthd"), state::StateMode::Persistent);
+        let spec = agent_spec(
+            Path::new("/usr/bin/berthd"),
+            state::StateMode::Persistent,
+            "pid1_started=3",
+        );
         assert_eq!(
             spec.env,
             vec![
@@ -216,10 +246,11 @@ mod tests {
                 ),
                 ("BERTH_STATE_MODE".to_string(), "persistent".to_string()),
                 ("BERTH_STATE_DIR".to_string(), "/var/lib/berth".to_string()),
+                ("BERTH_TIMELINE".to_string(), "pid1_started=3".to_string()),
             ]
         );
         assert_eq!(
-            agent_spec(Path::new("/a"), state::StateMode::Ephemeral).env[1].1,
+            agent_spec(Path::new("/a"), state::StateMode::Ephemeral, "").env[1].1,
             "ephemeral"
         );
     }

@@ -111,6 +111,15 @@ pub fn free_port() -> std::io::Result<u16> {
 impl Guest {
     /// Boot `options.image` under QEMU (TCG) through `qemu/boot`.
     pub fn boot(options: &BootOptions) -> Result<Guest, BootError> {
+        Guest::boot_with(options, &[])
+    }
+
+    /// [`Guest::boot`] with extra `qemu/boot` options (`--manifest FILE`, `--config-drive
+    /// FILE`, `--imds PORT`, ...).
+    pub fn boot_with(
+        options: &BootOptions,
+        launcher_args: &[std::ffi::OsString],
+    ) -> Result<Guest, BootError> {
         let dir = TempDir::new("berth-boot").map_err(|source| BootError::Spawn {
             program: "mktemp".into(),
             source,
@@ -129,6 +138,7 @@ impl Guest {
         if !options.append.is_empty() {
             cmd.arg("--append").arg(&options.append);
         }
+        cmd.args(launcher_args);
         Guest::spawn(cmd, launcher, dir, qmp)
     }
 
@@ -136,6 +146,15 @@ impl Guest {
     /// `qemu/boot --uefi`; `limit` bounds the whole QEMU run. The disk is used in place, so
     /// state written by the guest persists into the next boot of the same file.
     pub fn boot_disk(disk: &Path, limit: Duration) -> Result<Guest, BootError> {
+        Guest::boot_disk_with(disk, limit, &[])
+    }
+
+    /// [`Guest::boot_disk`] with extra `qemu/boot` options (e.g. `--manifest FILE`).
+    pub fn boot_disk_with(
+        disk: &Path,
+        limit: Duration,
+        launcher_args: &[std::ffi::OsString],
+    ) -> Result<Guest, BootError> {
         let dir = TempDir::new("berth-boot").map_err(|source| BootError::Spawn {
             program: "mktemp".into(),
             source,
@@ -150,7 +169,8 @@ impl Guest {
             .arg("--timeout")
             .arg(limit.as_secs().max(1).to_string())
             .arg("--qmp")
-            .arg(&qmp);
+            .arg(&qmp)
+            .args(launcher_args);
         Guest::spawn(cmd, launcher, dir, qmp)
     }
 

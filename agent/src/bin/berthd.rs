@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use berth_agent::api::{self, server};
+use berth_agent::config_source;
 use berth_agent::console::{self, Event};
 use berth_agent::manifest::Manifest;
 use berth_agent::runtime::cgroup::{self, Cgroups};
@@ -21,7 +22,9 @@ use berth_agent::supervisor::{
 };
 use clap::Parser;
 
-/// Default manifest location (env `BERTH_MANIFEST`).
+/// The manifest built into the image (env `BERTH_MANIFEST`), used when no config source
+/// (kernel command line, fw_cfg, config drive, cloud metadata) has one and the state partition
+/// holds no last good one.
 const DEFAULT_MANIFEST: &str = "/etc/berth/manifest.toml";
 /// Default state directory (env `BERTH_STATE_DIR`).
 const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
@@ -32,7 +35,8 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
     about = "berth agent: runs the host manifest's containers"
 )]
 struct Cli {
-    /// Host manifest (default: $BERTH_MANIFEST, else /etc/berth/manifest.toml).
+    /// Built-in host manifest (default: $BERTH_MANIFEST, else /etc/berth/manifest.toml); config
+    /// sources take precedence, and image sources are relative to its directory.
     #[arg(long, value_name = "PATH")]
     manifest: Option<PathBuf>,
     /// State directory holding the store and containers (default: $BERTH_STATE_DIR, else
@@ -100,11 +104,17 @@ fn main() -> ExitCode {
     let api_socket = from_env_or(cli.api_socket, "BERTH_API_SOCKET", api::DEFAULT_SOCKET);
     let base_dir = supervisor::boot::base_dir_of(&manifest).to_path_buf();
 
-    // A rejected manifest starts nothing; berthd still serves its local API, so an operator
-    // can `berthctl apply` a fixed manifest without a rebuild.
+    // The manifest comes from the first config source that has one (command line, fw_cfg,
+    // config drive, IMDS, the last good one in the state directory, the built-in one). A
+    // rejected manifest starts nothing; berthd still serves its local API, so an operator can
+    // `berthctl apply` a fixed manifest without a rebuild.
+    let paths = config_source::boot::BootPaths::host(manifest.clone(), state_dir.clone());
     let mut waiter = None;
-    let (plans, remote_api) = match load(&manifest, &state_dir) {
-        Ok(boot) => {
+    let loaded = config_source::boot::load(&paths).map(|selection| {
+        supervisor::boot::prepare_manifest(selection.manifest, &base_dir, &state_dir)
+    });
+    let (plans, remote_api) = match loaded {
+        Some(Ok(boot)) => {
             if !boot.waiting.is_empty() {
                 waiter = Some(supervisor::images::ImageWaiter::spawn(
                     &boot.manifest,
@@ -123,10 +133,15 @@ fn main() -> ExitCode {
             }
             (Some(boot.plans), boot.manifest.host.api)
         }
-        Err(e) => {
+        Some(Err(e)) => {
             console::emit(&Event::Error {
                 what: error_chain(&e),
             });
+            console::emit(&Event::ManifestRejected);
+            (None, None)
+        }
+        // No source had a valid manifest (the reasons are on the console).
+        None => {
             console::emit(&Event::ManifestRejected);
             (None, None)
         }
@@ -209,29 +224,4 @@ fn active_manifest(manifest: &Path, state_dir: &Path) -> PathBuf {
     } else {
         manifest.to_path_buf()
     }
-}
-
-/// The manifest to run: the one last applied (saved in the state directory) when there is
-/// one and it is still valid, else the boot manifest. Image sources are always relative to
-/// the boot manifest's directory, where the host's images are.
-fn load(manifest: &Path, state_dir: &Path) -> Result<supervisor::Boot, supervisor::BootError> {
-    let saved = state_dir.join(SAVED_MANIFEST);
-    if saved.exists() {
-        let base_dir = supervisor::boot::base_dir_of(manifest);
-        let loaded = Manifest::load(&saved)
-            .map_err(supervisor::BootError::from)
-            .and_then(|m| supervisor::boot::prepare_manifest(m, base_dir, state_dir));
-        match loaded {
-            Ok(boot) => return Ok(boot),
-            Err(e) => console::emit(&Event::Warning {
-                what: format!(
-                    "the applied manifest {} is not usable ({}); using {}",
-                    saved.display(),
-                    error_chain(&e),
-                    manifest.display()
-                ),
-            }),
-        }
-    }
-    supervisor::prepare(manifest, state_dir)
 }

@@ -1,0 +1,107 @@
+//! The boot-time wiring: the real sources in their order, console lines for each decision,
+//! and the chosen manifest saved as the last good one.
+
+use std::path::{Path, PathBuf};
+
+use super::cmdline::{self, BootParams, CmdlineSource};
+use super::drive::{DriveSource, HostDrives};
+use super::fw_cfg::FwCfgSource;
+use super::imds::{Dmi, ImdsSource};
+use super::{select, FileSource, LastGood, Report, Selection, Source, SourceError};
+use crate::console::{self, Event};
+use crate::runtime::init::error_chain;
+
+/// Where boot looks besides the outside sources.
+#[derive(Debug, Clone)]
+pub struct BootPaths {
+    /// The manifest built into the image (`/etc/berth/manifest.toml`); image sources of every
+    /// manifest are relative to its directory, where the image's layouts are.
+    pub builtin: PathBuf,
+    /// The state directory holding the last good manifest.
+    pub state_dir: PathBuf,
+    /// The kernel command line (`/proc/cmdline`).
+    pub cmdline: PathBuf,
+    /// DMI strings (`/sys/class/dmi/id`).
+    pub dmi: PathBuf,
+}
+
+impl BootPaths {
+    /// The paths of a berth host, with the built-in manifest and state directory given.
+    pub fn host(builtin: PathBuf, state_dir: PathBuf) -> Self {
+        BootPaths {
+            builtin,
+            state_dir,
+            cmdline: cmdline::proc_cmdline(),
+            dmi: PathBuf::from("/sys/class/dmi/id"),
+        }
+    }
+
+    /// The directory image sources are relative to.
+    pub fn images_dir(&self) -> &Path {
+        self.builtin
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    }
+}
+
+struct ConsoleReport;
+
+impl Report for ConsoleReport {
+    fn refused(&mut self, kind: &'static str, error: &SourceError) {
+        console::emit(&Event::SourceRefused {
+            source: kind,
+            error: error_chain(error),
+        });
+    }
+}
+
+/// Choose the host manifest from the first source that has one, print where it came from,
+/// and save it as the last good one. `None` when no valid manifest exists anywhere (the
+/// reasons are already on the console).
+pub fn load(paths: &BootPaths) -> Option<Selection> {
+    let cmdline = std::fs::read_to_string(&paths.cmdline).unwrap_or_default();
+    let (params, warnings) = BootParams::parse(&cmdline);
+    for what in warnings {
+        console::emit(&Event::Warning { what });
+    }
+    let imds = ImdsSource::enabled(params.imds, &Dmi::read(&paths.dmi));
+    let last_good = LastGood::in_state_dir(&paths.state_dir);
+    let mut primary: Vec<Box<dyn Source>> = vec![
+        Box::new(CmdlineSource::new(params, HostDrives::default())),
+        Box::new(FwCfgSource::default()),
+        Box::new(DriveSource::new(HostDrives::default())),
+        Box::new(ImdsSource::new(imds)),
+    ];
+    let mut fallback: Vec<Box<dyn Source>> = vec![
+        Box::new(FileSource::new("state", last_good.path())),
+        Box::new(FileSource::new("image", &paths.builtin)),
+    ];
+    let selection = match select(
+        &mut primary,
+        &mut fallback,
+        paths.images_dir(),
+        &mut ConsoleReport,
+    ) {
+        Ok(selection) => selection,
+        Err(SourceError::NoManifest(why)) => {
+            console::emit(&Event::Error { what: why });
+            return None;
+        }
+        // Already reported as the last fallback's refusal.
+        Err(_) => return None,
+    };
+    console::emit(&Event::ManifestSource {
+        source: selection.kind,
+        origin: &selection.found.origin,
+        fallback_from: selection.fallback_from,
+    });
+    if selection.kind != "state" {
+        if let Err(e) = last_good.save(&selection.found.bytes) {
+            console::emit(&Event::Warning {
+                what: format!("{}; the next boot may not find it", error_chain(&e)),
+            });
+        }
+    }
+    Some(selection)
+}

@@ -146,6 +146,52 @@ pub fn footprint_line(pid1_status: &str, agent_status: &str) -> String {
     )
 }
 
+/// `berth: footprint-state containers=N disk_kib=D agent_cpu_ms=C`: the per-container state
+/// (upper, work, log; not the mounted roots) below `containers_dir` and berthd's CPU time so
+/// far, from its `/proc/self/stat` text.
+pub fn state_line(containers_dir: &std::path::Path, self_stat: &str) -> String {
+    let mut count = 0;
+    let mut bytes = 0;
+    if let Ok(entries) = std::fs::read_dir(containers_dir) {
+        for entry in entries.flatten() {
+            count += 1;
+            bytes += disk_bytes(&entry.path());
+        }
+    }
+    // Fields 14 and 15 (utime, stime) follow the parenthesised command name.
+    let ticks: Option<u64> = self_stat.rsplit_once(") ").and_then(|(_, rest)| {
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    });
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let cpu = match (ticks, u64::try_from(hz).ok().filter(|h| *h > 0)) {
+        (Some(t), Some(hz)) => (t * 1000 / hz).to_string(),
+        _ => "unknown".to_owned(),
+    };
+    format!(
+        "berth: footprint-state containers={count} disk_kib={} agent_cpu_ms={cpu}",
+        bytes / 1024
+    )
+}
+
+/// Bytes allocated on disk below `path`, not descending into `rootfs` (a mounted overlay).
+fn disk_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            if entry.file_name() != "rootfs" {
+                total += disk_bytes(&entry.path());
+            }
+        }
+    }
+    total
+}
+
 static TIMELINE: Mutex<Option<Timeline>> = Mutex::new(None);
 
 /// The timeline lines to print after `event` (none unless PID 1 set [`ENV`]); called by
@@ -172,6 +218,11 @@ pub fn after(event: &Event<'_>) -> Vec<String> {
                 .unwrap_or_default()
         };
         lines.push(footprint_line(&read("1"), &read("self")));
+        if let Some(state) = std::env::var_os("BERTH_STATE_DIR") {
+            let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+            let dir = std::path::Path::new(&state).join("containers");
+            lines.push(state_line(&dir, &stat));
+        }
     }
     lines
 }
@@ -260,6 +311,40 @@ mod tests {
         let a = BootClock.boottime_ms();
         let b = BootClock.boottime_ms();
         assert!(a > 0 && b >= a);
+    }
+
+    #[test]
+    fn state_line_counts_containers_and_skips_mounted_roots() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["a", "b"] {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(dir.join("upper")).unwrap();
+            std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+            std::fs::write(dir.join("rootfs/big"), vec![1u8; 1 << 20]).unwrap();
+            std::fs::write(dir.join("log"), vec![1u8; 8192]).unwrap();
+        }
+        let stat = "42 (berthd) S 1 42 42 0 -1 4194560 100 0 0 0 150 50 0 0 20 0 3 0";
+        let line = state_line(tmp.path(), stat);
+        let disk: u64 = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("disk_kib="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            line.starts_with("berth: footprint-state containers=2 "),
+            "{line}"
+        );
+        // Two 8 KiB logs and directories, not the 1 MiB files under rootfs/.
+        assert!((16..512).contains(&disk), "{line}");
+        // SAFETY: sysconf has no memory effects.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        assert!(
+            line.ends_with(&format!("agent_cpu_ms={}", 200 * 1000 / hz)),
+            "{line}"
+        );
+        assert!(state_line(&tmp.path().join("none"), "")
+            .ends_with("containers=0 disk_kib=0 agent_cpu_ms=unknown"));
     }
 
     #[test]

@@ -95,7 +95,19 @@ pub struct Event {
 impl Event {
     /// The console-contract line for this event.
     pub fn console_line(&self) -> String {
+        self.with_console_event(|e| e.to_string())
+    }
+
+    /// Print the event on the console through [`console::emit`], so the lines derived from
+    /// events (the boot timeline) follow it.
+    pub fn emit(&self) {
+        self.with_console_event(console::emit);
+    }
+
+    /// Call `f` with this event as a console-contract event.
+    fn with_console_event<R>(&self, f: impl FnOnce(&console::Event<'_>) -> R) -> R {
         let name = self.container.as_deref().unwrap_or("");
+        let failed;
         let line = match &self.kind {
             EventKind::Created => console::Event::Created { container: name },
             EventKind::Running { pid } => console::Event::Running {
@@ -141,15 +153,15 @@ impl Event {
                 health: "unhealthy",
             },
             EventKind::Removed => console::Event::Removed { container: name },
-            EventKind::Host { host, failed } => {
-                return console::Event::Host {
+            EventKind::Host { host, failed: list } => {
+                failed = list.join(",");
+                console::Event::Host {
                     state: host,
-                    failed: &failed.join(","),
+                    failed: &failed,
                 }
-                .to_string()
             }
         };
-        line.to_string()
+        f(&line)
     }
 }
 
@@ -174,7 +186,7 @@ impl Events {
             kind,
         };
         if !self.quiet {
-            console::emit_line(&event.console_line());
+            event.emit();
         }
         self.subscribers.retain(|s| s.send(event.clone()).is_ok());
         if self.history.len() == HISTORY {

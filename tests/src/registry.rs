@@ -319,3 +319,216 @@ impl Drop for Registry {
         self.stop();
     }
 }
+
+/// A minimal registry speaking the distribution API's token flow, for what Debian's registry
+/// cannot do without a token service: every `/v2/` request without `Authorization: Bearer`
+/// gets `401` with `WWW-Authenticate: Bearer realm=".../token"`; the token endpoint hands out
+/// a token only for the right basic credentials. It serves the one image of an OCI layout
+/// (any tag) and its blobs. Requests are counted per path kind.
+#[derive(Debug)]
+pub struct TokenRegistry {
+    port: u16,
+    stats: std::sync::Arc<std::sync::Mutex<TokenStats>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What a [`TokenRegistry`] was asked.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TokenStats {
+    /// Token requests that carried the right credentials.
+    pub tokens_issued: u32,
+    /// Token requests refused.
+    pub tokens_refused: u32,
+    /// `/v2/` requests answered with content.
+    pub served: u32,
+    /// `/v2/` requests refused for want of a valid bearer token.
+    pub challenged: u32,
+}
+
+const TOKEN: &str = "berth-test-token-7f3a";
+
+impl TokenRegistry {
+    /// Serve `layout` on a free loopback port; tokens for `user:password` only.
+    pub fn serve(layout: &Path, user: &str, password: &str) -> std::io::Result<TokenRegistry> {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        let stats = std::sync::Arc::new(std::sync::Mutex::new(TokenStats::default()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let basic = format!(
+            "Basic {}",
+            base64_encode(format!("{user}:{password}").as_bytes())
+        );
+        let layout = layout.to_path_buf();
+        let (stats2, stop2) = (stats.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut stream = match listener.accept() {
+                    Ok((s, _)) => s,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let Some((path, headers)) = read_request(&mut stream) else {
+                    continue;
+                };
+                let auth = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                let mut stats = match stats2.lock() {
+                    Ok(s) => s,
+                    Err(p) => p.into_inner(),
+                };
+                let (status, content_type, extra, body) = if path.starts_with("/token") {
+                    if auth == basic {
+                        stats.tokens_issued += 1;
+                        let body = format!("{{\"token\":\"{TOKEN}\",\"expires_in\":300}}");
+                        (200, "application/json", String::new(), body.into_bytes())
+                    } else {
+                        stats.tokens_refused += 1;
+                        (401, "application/json", String::new(), b"{}".to_vec())
+                    }
+                } else if auth != format!("Bearer {TOKEN}") {
+                    stats.challenged += 1;
+                    let challenge = format!(
+                        "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"berth-test\"\r\n"
+                    );
+                    let body =
+                        br#"{"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}"#;
+                    (401, "application/json", challenge, body.to_vec())
+                } else {
+                    stats.served += 1;
+                    serve_layout(&layout, &path)
+                };
+                drop(stats);
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            }
+        });
+        Ok(TokenRegistry { port, stats, stop })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// What was asked so far.
+    pub fn stats(&self) -> TokenStats {
+        match self.stats.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+impl Drop for TokenRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The request line's path and the headers, or `None` for a broken request.
+fn read_request(stream: &mut std::net::TcpStream) -> Option<(String, Vec<(String, String)>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 || buf.len() > 64 * 1024 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = text.split("\r\n");
+    let path = lines.next()?.split_whitespace().nth(1)?.to_string();
+    let headers = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Some((path, headers))
+}
+
+/// `/v2/REPO/manifests/REF` (any tag: the layout's manifest) and `/v2/REPO/blobs/DIGEST`.
+fn serve_layout(layout: &Path, path: &str) -> (u16, &'static str, String, Vec<u8>) {
+    let not_found = (
+        404,
+        "application/json",
+        String::new(),
+        b"{\"errors\":[{\"code\":\"MANIFEST_UNKNOWN\",\"message\":\"unknown\"}]}".to_vec(),
+    );
+    let blob = |digest: &str| {
+        std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .ok()
+    };
+    if let Some((_, reference)) = path.split_once("/manifests/") {
+        let index: serde_json::Value = match std::fs::read(layout.join("index.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            Some(v) => v,
+            None => return not_found,
+        };
+        let digest = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if reference.starts_with("sha256:") && reference != digest {
+            return not_found;
+        }
+        return match blob(&digest) {
+            Some(bytes) => (
+                200,
+                "application/vnd.oci.image.manifest.v1+json",
+                format!("Docker-Content-Digest: {digest}\r\n"),
+                bytes,
+            ),
+            None => not_found,
+        };
+    }
+    if let Some((_, digest)) = path.split_once("/blobs/") {
+        if let Some(bytes) = blob(digest) {
+            return (200, "application/octet-stream", String::new(), bytes);
+        }
+    }
+    if path == "/v2/" {
+        return (200, "application/json", String::new(), b"{}".to_vec());
+    }
+    not_found
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -444,3 +444,38 @@ fn https_registries_need_a_trusted_ca() {
     let (result, _) = pull(&store, "app2", &reference, &bad);
     assert!(matches!(result.unwrap_err(), PullError::BadCa { .. }));
 }
+
+#[test]
+fn token_auth_is_negotiated_from_the_registry_challenge() {
+    use berth_tests::registry::TokenRegistry;
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, _) = layout(tmp.path(), "img", &[layer(&[("f", b"token\n")])]);
+    let reg = TokenRegistry::serve(&img, "robot", "hunter2").unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let reference = format!("{}/private/app:1", reg.host());
+
+    // Anonymous: challenged, no token for nobody, refused with a hint.
+    let (result, _) = pull(&store, "app", &reference, &insecure());
+    let err = result.unwrap_err();
+    assert!(matches!(err, PullError::AuthRefused { .. }), "{err:?}");
+    assert_eq!(reg.stats().served, 0);
+
+    // With credentials the client trades them for a bearer token and pulls with it.
+    let creds = PullOptions {
+        credentials: Some(("robot".into(), "hunter2".into())),
+        ..insecure()
+    };
+    let (result, _) = pull(&store, "app", &reference, &creds);
+    let image =
+        result.unwrap_or_else(|e| panic!("{}", berth_agent::runtime::init::error_chain(&e)));
+    assert_eq!(
+        fs::read(image.layer_dirs[0].join("f")).unwrap(),
+        b"token\n".to_vec()
+    );
+    let stats = reg.stats();
+    assert!(stats.tokens_issued >= 1, "{stats:?}");
+    assert!(
+        stats.served >= 3,
+        "manifest, config and layer with the token: {stats:?}"
+    );
+}

@@ -487,3 +487,30 @@ fn open_removes_crash_leftovers_from_tmp() {
     let store = fx.store();
     assert_eq!(count(&store.root().join("tmp")), 0);
 }
+
+#[test]
+fn holds_layout_only_for_the_same_intact_image() {
+    let fx = Fixture::new();
+    let store = fx.store();
+    let (a, _) = layout_with(
+        &fx,
+        "a",
+        &[layer(&[TarEntry::file("f", b"a")], LayerCompression::Gzip)],
+    );
+    let (b, _) = layout_with(
+        &fx,
+        "b",
+        &[layer(&[TarEntry::file("f", b"b")], LayerCompression::Gzip)],
+    );
+    assert!(!store.holds_layout("img", &a), "nothing imported yet");
+    let image = store.import_oci_layout("img", &a).unwrap();
+    assert!(store.holds_layout("img", &a));
+    assert!(
+        !store.holds_layout("img", &b),
+        "another image under the same name"
+    );
+    assert!(!store.holds_layout("other", &a));
+    // A damaged stored image is not "held": it gets imported again.
+    fs::remove_dir_all(&image.layer_dirs[0]).unwrap();
+    assert!(!store.holds_layout("img", &a));
+}

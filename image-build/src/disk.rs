@@ -34,6 +34,15 @@ pub enum DiskError {
     /// The UKI could not be made.
     #[error(transparent)]
     Uki(#[from] UkiError),
+    /// An image could not be imported into the state partition's store.
+    #[error("pre-seeding image {name:?} into the state partition's store")]
+    Seed {
+        /// The `[images]` name.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<berth_agent::store::StoreError>,
+    },
     /// The partition table could not be laid out.
     #[error(transparent)]
     Gpt(#[from] GptError),
@@ -96,6 +105,22 @@ pub struct DiskInputs {
     pub disk_size: u64,
     /// Seed for the disk and partition GUIDs (same inputs, same GUIDs).
     pub seed: Vec<u8>,
+    /// Images imported into the state partition's store at build time, so the first boot
+    /// imports nothing.
+    pub store_images: Vec<SeedImage>,
+}
+
+/// One image for the pre-seeded store.
+#[derive(Debug, Clone)]
+pub struct SeedImage {
+    /// The `[images]` name.
+    pub name: String,
+    /// How it is packaged.
+    pub format: berth_agent::manifest::ImageFormat,
+    /// The layout directory or archive on this machine.
+    pub path: PathBuf,
+    /// The registry reference it was pulled from (recorded in the store), if any.
+    pub source: Option<String>,
 }
 
 /// Where the partitions go.
@@ -243,6 +268,37 @@ fn splice(dst: &mut File, offset: u64, src: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Import `images` into `STATE/store` as berthd would, layers unpacked. Unpacked layers keep
+/// their owners, device-node whiteouts and opaque xattrs, which only root can create: an
+/// unprivileged build leaves the store empty and the first boot imports the images instead.
+fn seed_store(state: &Path, images: &[SeedImage]) -> Result<(), DiskError> {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
+    if images.is_empty() || !root {
+        return Ok(());
+    }
+    let seed_err = |name: &str| {
+        let name = name.to_string();
+        move |e| DiskError::Seed {
+            name,
+            source: Box::new(e),
+        }
+    };
+    let store =
+        berth_agent::store::Store::open(&state.join("store")).map_err(seed_err("(store)"))?;
+    for image in images {
+        store
+            .import(&image.name, image.format, &image.path)
+            .map_err(seed_err(&image.name))?;
+        if let Some(source) = &image.source {
+            store
+                .record_source(&image.name, source)
+                .map_err(seed_err(&image.name))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the raw disk to `raw` (using `scratch` for the UKI and filesystem images).
 pub fn build_raw(inputs: &DiskInputs, scratch: &Path, raw: &Path) -> Result<Layout, DiskError> {
     let uki_path = scratch.join("BOOTX64.EFI");
@@ -266,6 +322,7 @@ pub fn build_raw(inputs: &DiskInputs, scratch: &Path, raw: &Path) -> Result<Layo
     std::fs::create_dir_all(&seed_dir).map_err(io_err(&seed_dir))?;
     let seeded = seed_dir.join("manifest.toml");
     std::fs::copy(&inputs.manifest, &seeded).map_err(io_err(&seeded))?;
+    seed_store(&seed_dir, &inputs.store_images)?;
     let state_img = scratch.join("state.img");
     make_state(&state_img, layout.state.1 * SECTOR, &seed_dir)?;
 

@@ -268,6 +268,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<Vec<Written>, Bu
     };
     staging::check_replaceable(&req.out, &OUTPUTS)?;
 
+    let seeds = seed_images(&manifest, base_dir, &images);
     let inputs = Inputs {
         init: bins.init,
         berthd: bins.berthd,
@@ -326,6 +327,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<Vec<Written>, Bu
             stub: req.disk.efi_stub.clone(),
             disk_size: req.disk.disk_size,
             seed: build_info(req.source_date_epoch).into_bytes(),
+            store_images: seeds,
         };
         let raw = if want(Format::Raw) {
             stage.path().join(RAW_FILE)
@@ -352,6 +354,36 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<Vec<Written>, Bu
             size,
         })
         .collect())
+}
+
+/// The images to pre-seed the disk's store with: every declared image, from the inputs the
+/// initramfs carries (local layouts and archives, and registry images pulled at build time).
+fn seed_images(
+    manifest: &Manifest,
+    base_dir: &Path,
+    inputs: &[ImageInput],
+) -> Vec<disk::SeedImage> {
+    use berth_agent::manifest::ImageFormat;
+    inputs
+        .iter()
+        .filter_map(|input| {
+            let decl = manifest.images.get(&input.name)?;
+            Some(match &decl.source {
+                ImageSource::Registry(reference) => disk::SeedImage {
+                    name: input.name.clone(),
+                    format: ImageFormat::OciLayout,
+                    path: input.layout.clone(),
+                    source: Some(reference.to_string()),
+                },
+                other => disk::SeedImage {
+                    name: input.name.clone(),
+                    format: other.format()?,
+                    path: base_dir.join(other.path()?),
+                    source: None,
+                },
+            })
+        })
+        .collect()
 }
 
 /// Bytes a file occupies on disk (disk images are sparse), or its length when unknown.

@@ -273,6 +273,24 @@ impl Store {
         self.blobs.path(digest).ok().filter(|p| p.is_file())
     }
 
+    /// Whether image `name` is already exactly the image of the OCI layout at `layout` (its
+    /// ref names the manifest the layout's index chooses, and the stored image is intact), so
+    /// importing it again would change nothing: a pre-seeded or already imported image costs
+    /// no copy and no hashing of its layers at boot.
+    pub fn holds_layout(&self, name: &str, layout: &Path) -> bool {
+        let Ok(index) = layout::read_index(layout) else {
+            return false;
+        };
+        let Ok(desc) = layout::choose(&index) else {
+            return false;
+        };
+        if layout::entry_kind(desc).ok() != Some(EntryKind::Manifest) {
+            return false;
+        }
+        let current = refs::read(&self.root.join("refs"), name).ok().flatten();
+        current.as_deref() == Some(desc.digest().as_ref()) && self.image(name).is_ok()
+    }
+
     /// Remember that image `name` was pulled from `reference` (`sources/NAME`, atomically).
     pub fn record_source(&self, name: &str, reference: &str) -> Result<(), StoreError> {
         refs::validate_name(name)?;

@@ -371,6 +371,11 @@ pub fn prepare_manifest_with(
         source: Box::new(source),
     })?;
     for image in &images {
+        if image.format == crate::manifest::ImageFormat::OciLayout
+            && store.holds_layout(&image.name, &image.layout)
+        {
+            continue;
+        }
         store
             .import(&image.name, image.format, &image.layout)
             .map_err(|source| BootError::Import {

@@ -6,6 +6,7 @@
 
 pub mod console;
 pub mod manifest;
+pub mod net;
 pub mod oci;
 pub mod runtime;
 pub mod store;

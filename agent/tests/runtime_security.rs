@@ -77,6 +77,7 @@ fn config(
         rlimits: Vec::new(),
         cgroup: None,
         security,
+        network: Default::default(),
     }
 }
 

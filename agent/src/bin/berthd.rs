@@ -7,9 +7,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_agent::console::{self, Event};
+use berth_agent::net;
 use berth_agent::runtime::cgroup::{self, Cgroups};
 use berth_agent::runtime::{self, init::error_chain, InitProgram, INIT_ARG};
 use berth_agent::supervisor::{
@@ -38,6 +40,10 @@ struct Cli {
     /// cgroup v2 mount point (default: $BERTH_CGROUP_ROOT, else /sys/fs/cgroup).
     #[arg(long, value_name = "DIR")]
     cgroup_root: Option<PathBuf>,
+    /// Runtime directory for network namespaces and name files (default: $BERTH_RUN_DIR, else
+    /// /run/berth).
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
     /// Seconds between a container's stop signal and SIGKILL at shutdown, for containers
     /// without `stop_timeout`.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_STOP_GRACE.as_secs_f64())]
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
     let manifest = from_env_or(cli.manifest, "BERTH_MANIFEST", DEFAULT_MANIFEST);
     let state_dir = from_env_or(cli.state_dir, "BERTH_STATE_DIR", DEFAULT_STATE_DIR);
     let cgroup_root = from_env_or(cli.cgroup_root, "BERTH_CGROUP_ROOT", cgroup::DEFAULT_ROOT);
+    let run_dir = from_env_or(cli.run_dir, "BERTH_RUN_DIR", net::DEFAULT_RUN_DIR);
     let stop_grace = Duration::try_from_secs_f64(cli.stop_grace).unwrap_or(DEFAULT_STOP_GRACE);
 
     let boot = match supervisor::prepare(&manifest, &state_dir) {
@@ -106,14 +113,46 @@ fn main() -> ExitCode {
     if let Some(what) = cgroups.warning() {
         console::emit(&Event::Warning { what });
     }
-    let mut sup = Supervisor::new(
-        SupervisorConfig { stop_grace },
-        HostRunner::new(InitProgram::current_exe(), cgroups),
-        boot.plans,
-    );
+    let network = setup_network(&boot.manifest, &state_dir, &run_dir);
+    let mut runner = HostRunner::new(InitProgram::current_exe(), cgroups);
+    runner.network = network.clone();
+    let mut sup = Supervisor::new(SupervisorConfig { stop_grace }, runner, boot.plans);
     sup.start_all();
     sup.run(&signals);
+    if let Some(Ok(mut net)) = network.as_ref().map(|n| n.lock()) {
+        if let Err(e) = net.teardown() {
+            console::emit(&Event::Error {
+                what: error_chain(&e),
+            });
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// The container network (bridge, NAT) for the manifest; on failure containers still start,
+/// each in an empty network namespace, and the console says why.
+fn setup_network(
+    manifest: &berth_agent::manifest::Manifest,
+    state_dir: &std::path::Path,
+    run_dir: &std::path::Path,
+) -> Option<Arc<Mutex<net::Network>>> {
+    let config = net::NetworkConfig::new(state_dir, run_dir);
+    let clients = net::RtNetlink::new()
+        .map_err(|e| error_chain(&e))
+        .and_then(|rt| Ok((rt, net::NfTables::new().map_err(|e| error_chain(&e))?)));
+    let result = clients.and_then(|(rt, nft)| {
+        net::Network::setup(manifest, config, Box::new(rt), Box::new(nft))
+            .map_err(|e| error_chain(&e))
+    });
+    match result {
+        Ok(network) => Some(Arc::new(Mutex::new(network))),
+        Err(what) => {
+            console::emit(&Event::Error {
+                what: format!("container network unavailable, containers get no network: {what}"),
+            });
+            None
+        }
+    }
 }
 
 /// Wait for SIGTERM/SIGINT, doing nothing else.

@@ -12,6 +12,7 @@ mod diagnose;
 mod error;
 pub mod limits;
 mod location;
+pub mod network;
 mod resolve;
 pub mod rules;
 mod schema;
@@ -19,11 +20,13 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 pub use error::{ErrorKind, ManifestError};
 pub use limits::{Limits, Rlimit};
 pub use location::Location;
+pub use network::{NetworkMode, PortMapping, Protocol, Subnet, DEFAULT_SUBNET};
 pub use resolve::LAYOUT_FILES;
 
 pub use crate::runtime::security::SeccompProfile;
@@ -48,6 +51,8 @@ pub struct Manifest {
     pub version: u32,
     /// `[host]`.
     pub host: Host,
+    /// `[network]`.
+    pub network: NetworkDecl,
     /// `[images]`: name -> declaration.
     pub images: BTreeMap<String, ImageDecl>,
     /// `[containers.NAME]`, in name order.
@@ -68,6 +73,7 @@ impl PartialEq for Manifest {
     fn eq(&self, other: &Self) -> bool {
         self.version == other.version
             && self.host == other.host
+            && self.network == other.network
             && self.images == other.images
             && self.containers == other.containers
     }
@@ -84,6 +90,21 @@ impl Default for Host {
     fn default() -> Self {
         Host {
             hostname: DEFAULT_HOSTNAME.to_owned(),
+        }
+    }
+}
+
+/// `[network]`: the container bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkDecl {
+    /// `subnet`: the bridge gets its first address, containers the others.
+    pub subnet: Subnet,
+}
+
+impl Default for NetworkDecl {
+    fn default() -> Self {
+        NetworkDecl {
+            subnet: DEFAULT_SUBNET,
         }
     }
 }
@@ -231,6 +252,12 @@ pub struct ContainerSpec {
     pub read_only: bool,
     /// Volumes, bind mounts and tmpfs mounts, in manifest order.
     pub mounts: Vec<MountDecl>,
+    /// `network`: bridge (default), host or none.
+    pub network: NetworkMode,
+    /// `ip`: a pinned address in the subnet (bridge network only).
+    pub ip: Option<Ipv4Addr>,
+    /// `ports`: published ports (bridge network only).
+    pub ports: Vec<PortMapping>,
 }
 
 impl ContainerSpec {
@@ -263,6 +290,7 @@ impl Manifest {
         Manifest {
             version: 1,
             host,
+            network: NetworkDecl::default(),
             images,
             containers,
             origin: Origin {

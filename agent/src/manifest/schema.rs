@@ -35,6 +35,8 @@ pub(super) struct RawManifest {
     #[serde(default)]
     pub host: Option<RawHost>,
     #[serde(default)]
+    pub network: Option<RawNetwork>,
+    #[serde(default)]
     pub images: BTreeMap<Spanned<String>, RawImage>,
     #[serde(default)]
     pub containers: BTreeMap<Spanned<String>, RawContainer>,
@@ -45,6 +47,13 @@ pub(super) struct RawManifest {
 #[serde(deny_unknown_fields, expecting = "a table like `[host]`")]
 pub(super) struct RawHost {
     pub hostname: Option<Spanned<String>>,
+}
+
+/// `[network]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table like `[network]`")]
+pub(super) struct RawNetwork {
+    pub subnet: Option<Spanned<String>>,
 }
 
 /// One `[images]` entry.
@@ -79,6 +88,9 @@ pub(super) struct RawContainer {
     pub seccomp: Option<Spanned<String>>,
     pub read_only: Option<Spanned<bool>>,
     pub mounts: Option<Vec<RawMount>>,
+    pub network: Option<Spanned<String>>,
+    pub ip: Option<Spanned<String>>,
+    pub ports: Option<Vec<Spanned<String>>>,
 }
 
 /// One `[[containers.NAME.mounts]]` entry; which keys apply depends on `type`.
@@ -127,6 +139,10 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "target" => "target = \"/data\"",
         "size" => "size = \"64M\"",
         "mode" => "mode = \"1777\"",
+        "subnet" => "subnet = \"10.88.0.0/24\"",
+        "network" => "network = \"bridge\" (or \"host\", \"none\")",
+        "ip" => "ip = \"10.88.0.10\"",
+        "ports" => "ports = [\"8080:80\", \"5353:53/udp\"]",
         _ => return None,
     })
 }

@@ -17,7 +17,7 @@ pub mod spec;
 
 use nix::sys::wait::WaitStatus;
 
-pub use init::{InitConfig, INIT_ARG};
+pub use init::{InitConfig, NetworkNamespace, INIT_ARG};
 pub use launch::{launch, InitProgram, LaunchError, Launched};
 pub use rootfs::RootfsLayout;
 pub use spec::{merge, ProcessSpec, SpecError};

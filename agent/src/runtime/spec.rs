@@ -187,6 +187,9 @@ mod tests {
             seccomp: crate::manifest::SeccompProfile::Default,
             read_only: false,
             mounts: Vec::new(),
+            network: Default::default(),
+            ip: None,
+            ports: Vec::new(),
         }
     }
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::manifest::{rules, Location, Manifest, ManifestError, MountDecl};
+use crate::manifest::{rules, Location, Manifest, ManifestError, MountDecl, NetworkMode};
 use crate::runtime::cgroup::CgroupLimits;
 use crate::runtime::rootfs::ContainerMount;
-use crate::runtime::{self, rlimit, InitConfig, RootfsLayout, SpecError};
+use crate::runtime::{self, rlimit, InitConfig, NetworkNamespace, RootfsLayout, SpecError};
 use crate::store::{Store, StoreError};
 
 /// One container, ready to launch.
@@ -237,6 +237,11 @@ pub fn prepare(manifest_path: &Path, state_dir: &Path) -> Result<Boot, BootError
                 cgroup: None,
                 security,
                 rootfs,
+                // berthd's network module replaces this with the namespace it prepared.
+                network: match spec.network {
+                    NetworkMode::Host => NetworkNamespace::Host,
+                    NetworkMode::Bridge | NetworkMode::None => NetworkNamespace::New,
+                },
             },
             stop_signal,
             stop_timeout: spec.stop_timeout,

@@ -61,6 +61,8 @@ pub struct HostRunner {
     /// Whether cgroup v2 can hold the containers (see [`Cgroups::probe`]).
     pub cgroups: Cgroups,
     leaves: Leaves,
+    /// Container networking (bridge, namespaces, NAT), when berthd set it up.
+    pub network: Option<std::sync::Arc<std::sync::Mutex<crate::net::Network>>>,
 }
 
 impl HostRunner {
@@ -71,6 +73,7 @@ impl HostRunner {
             init,
             cgroups,
             leaves: Leaves::new(),
+            network: None,
         }
     }
 
@@ -120,7 +123,11 @@ impl Runner for HostRunner {
         let leaf = self.leaf_for(init)?;
         let mut init = init.clone();
         init.cgroup = leaf.as_ref().map(|l| l.path().to_path_buf());
-        let launched = runtime::launch(&self.init, &init);
+        let launched = crate::net::hook::start(self.network.as_ref(), &mut init)
+            .and_then(|()| runtime::launch(&self.init, &init));
+        if launched.is_err() {
+            crate::net::hook::stop(self.network.as_ref(), &init.name);
+        }
         if let Some(leaf) = leaf {
             if launched.is_ok() {
                 self.leaves.insert(init.name.clone(), leaf);
@@ -132,6 +139,7 @@ impl Runner for HostRunner {
     }
 
     fn release(&mut self, name: &str) -> Option<&'static str> {
+        crate::net::hook::stop(self.network.as_ref(), name);
         let leaf = self.leaves.remove(name)?;
         let reason = leaf.oom_killed().then_some("oom");
         if let Err(e) = leaf.remove(CGROUP_EMPTY_WAIT) {
@@ -541,6 +549,7 @@ mod tests {
                 rlimits: Vec::new(),
                 cgroup: None,
                 security: Default::default(),
+                network: Default::default(),
             },
             stop_signal,
             stop_timeout: None,

@@ -248,6 +248,9 @@ mod tests {
             seccomp: SeccompProfile::Default,
             read_only: false,
             mounts: Vec::new(),
+            network: Default::default(),
+            ip: None,
+            ports: Vec::new(),
         }
     }
 

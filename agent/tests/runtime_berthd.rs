@@ -2,7 +2,8 @@
 //! console -> SIGTERM shutdown, and a rejected manifest leaving berthd idle.
 //!
 //! Needs root and a static busybox at /bin/busybox (`apt-get install busybox-static`). berthd
-//! runs in its own UTS namespace so setting the machine hostname does not touch this host.
+//! runs in its own UTS and network namespaces so its hostname, bridge and NAT rules do not
+//! touch this host.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -47,13 +48,15 @@ impl Berthd {
             .arg(manifest)
             .arg("--state-dir")
             .arg(state)
+            .arg("--run-dir")
+            .arg(state.join("run"))
             .args(["--stop-grace", "0.5"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         // SAFETY: unshare is async-signal-safe and allocates nothing.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::unshare(libc::CLONE_NEWUTS) != 0 {
+                if libc::unshare(libc::CLONE_NEWUTS | libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

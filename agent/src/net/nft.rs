@@ -167,7 +167,7 @@ impl Attr {
         let len = u16::try_from(out.len() - start).unwrap_or(u16::MAX);
         out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
         out[start + 2..start + 4].copy_from_slice(&kind.to_ne_bytes());
-        while out.len() % 4 != 0 {
+        while out.len() & 3 != 0 {
             out.push(0);
         }
     }

@@ -347,3 +347,78 @@ mod tests {
         assert_eq!(NetworkMode::default(), NetworkMode::Bridge);
     }
 }
+
+#[cfg(test)]
+mod manifest_tests {
+    use std::path::Path;
+
+    use crate::manifest::{Manifest, NetworkMode};
+
+    const HEAD: &str =
+        "version = 1\n[images]\nbusybox = { source = \"oci-layout:images/busybox\" }\n";
+
+    fn parse(body: &str) -> Result<Manifest, String> {
+        Manifest::parse(&format!("{HEAD}{body}"), Path::new("m.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn network_keys_are_read() {
+        let m = parse(
+            "[network]\nsubnet = \"172.30.0.0/16\"\n[containers.web]\nimage = \"busybox\"\nip = \"172.30.5.5\"\nports = [\"8080:80\", \"5353:53/udp\"]\n[containers.h]\nimage = \"busybox\"\nnetwork = \"host\"\n",
+        )
+        .unwrap();
+        assert_eq!(m.network.subnet.to_string(), "172.30.0.0/16");
+        assert_eq!(
+            m.containers["web"].ip.map(|i| i.to_string()).as_deref(),
+            Some("172.30.5.5")
+        );
+        assert_eq!(m.containers["web"].ports.len(), 2);
+        assert_eq!(m.containers["h"].network, NetworkMode::Host);
+        assert_eq!(m.containers["web"].network, NetworkMode::Bridge);
+    }
+
+    #[test]
+    fn a_port_conflict_names_both_containers_and_the_first_position() {
+        let e = parse(
+            "[containers.a]\nimage = \"busybox\"\nports = [\"8080:80\"]\n[containers.b]\nimage = \"busybox\"\nports = [\"127.0.0.1:8080:81\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "m.toml:9:10: container \"b\": port \"127.0.0.1:8080:81\" publishes host port 8080/tcp already published by container \"a\" as \"8080:80\" (line 6, column 10); choose another host port"
+        );
+        // UDP and TCP on the same number do not clash.
+        parse("[containers.a]\nimage = \"busybox\"\nports = [\"53:53\", \"53:53/udp\"]\n").unwrap();
+    }
+
+    #[test]
+    fn bad_network_values_are_located() {
+        let e = parse("[containers.a]\nimage = \"busybox\"\nip = \"10.99.0.5\"\n").unwrap_err();
+        assert!(
+            e.starts_with(
+                "m.toml:6:6: container \"a\": ip 10.99.0.5 is outside the subnet 10.88.0.0/24"
+            ),
+            "{e}"
+        );
+        let e = parse("[containers.a]\nimage = \"busybox\"\nip = \"10.88.0.1\"\n").unwrap_err();
+        assert!(e.contains("bridge (10.88.0.1)"), "{e}");
+        let e =
+            parse("[containers.a]\nimage = \"busybox\"\nnetwork = \"host\"\nports = [\"80:80\"]\n")
+                .unwrap_err();
+        assert!(
+            e.contains("`ports` needs the bridge network, but network = \"host\""),
+            "{e}"
+        );
+        let e = parse("[containers.a]\nimage = \"busybox\"\nip = \"10.88.0.9\"\n[containers.b]\nimage = \"busybox\"\nip = \"10.88.0.9\"\n").unwrap_err();
+        assert!(e.contains("already pinned by container \"a\""), "{e}");
+        let e = parse("[network]\nsubnet = \"10.88.0.1/24\"\n").unwrap_err();
+        assert!(
+            e.starts_with(
+                "m.toml:5:10: subnet \"10.88.0.1/24\" has host bits set; write \"10.88.0.0/24\""
+            ),
+            "{e}"
+        );
+        let e = parse("[containers.a]\nimage = \"busybox\"\nnetwork = \"nat\"\n").unwrap_err();
+        assert!(e.contains("network \"nat\" is not known"), "{e}");
+    }
+}

@@ -81,6 +81,35 @@ fn demo_boots_serves_http_and_powers_off_in_order() {
     assert!(web_exit < poweroff, "web exited after power-off");
 }
 
+/// Containers of one manifest reach each other by name over the bridge: the demo's `fetch`
+/// container gets the `web` container's page from `http://web/` (its own network namespace,
+/// its own address, /etc/hosts written by berthd).
+#[test]
+fn demo_containers_reach_each_other_by_name() {
+    let mut guest = Guest::boot(&BootOptions {
+        image: demo_image(),
+        limit: QEMU_LIMIT,
+        forwards: Vec::new(),
+        append: String::new(),
+    })
+    .unwrap();
+    guest.wait_for("berth: agent started", BOOT).unwrap();
+    let line = guest.wait_for("fetch | web", STEP).unwrap();
+    assert!(
+        line.ends_with("fetch | web says: hello from the berth demo"),
+        "fetch printed: {line}"
+    );
+    guest
+        .wait_for("berth: container=fetch state=exited code=0", STEP)
+        .unwrap();
+    guest.power_button().unwrap();
+    guest.wait_for("berth: poweroff", STEP).unwrap();
+    let status = guest.wait_exit(STEP).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+    let console = guest.console().join("\n");
+    assert!(!console.contains("berth: error:"), "console shows an error:\n{console}");
+}
+
 /// Boot `manifest` laid over the demo image and expect it refused: the console names the file,
 /// line and column, no container starts, and PID 1 still powers the machine off in order.
 fn assert_refused_at_boot(manifest: &str, expected: &str) {

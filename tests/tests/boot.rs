@@ -107,7 +107,10 @@ fn demo_containers_reach_each_other_by_name() {
     let status = guest.wait_exit(STEP).unwrap();
     assert!(status.success(), "QEMU exited with {status}");
     let console = guest.console().join("\n");
-    assert!(!console.contains("berth: error:"), "console shows an error:\n{console}");
+    assert!(
+        !console.contains("berth: error:"),
+        "console shows an error:\n{console}"
+    );
 }
 
 /// Boot `manifest` laid over the demo image and expect it refused: the console names the file,

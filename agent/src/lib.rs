@@ -9,6 +9,7 @@ pub mod config_source;
 pub mod console;
 pub mod imagectl;
 pub mod manifest;
+pub mod net;
 pub mod oci;
 pub mod registry;
 pub mod runtime;

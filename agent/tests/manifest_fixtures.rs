@@ -278,12 +278,22 @@ fn the_demo_manifest_is_valid() {
     let m = Manifest::load(&demo).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.host.hostname, "demo");
     assert_eq!(m.images.keys().collect::<Vec<_>>(), ["busybox"]);
-    assert_eq!(m.containers.keys().collect::<Vec<_>>(), ["hello", "web"]);
+    assert_eq!(
+        m.containers.keys().collect::<Vec<_>>(),
+        ["fetch", "hello", "web"]
+    );
     assert!(m.containers["hello"].env.contains_key("GREETING"));
     let web = m.containers["web"].command.as_ref().unwrap();
     let script = web.last().unwrap();
     assert!(
-        script.contains("trap") && script.contains("httpd") && script.contains("8080"),
+        script.contains("trap") && script.contains("httpd") && script.contains("-p 80 "),
         "{script}"
     );
+    let ports: Vec<String> = m.containers["web"]
+        .ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(ports, ["8080:80"]);
+    assert_eq!(m.network.subnet.to_string(), "10.88.0.0/24");
 }

@@ -3,7 +3,8 @@
 //! driving a live berthd through its API (restarts, logs, stop/start, events, apply).
 //!
 //! Needs root and a static busybox at /bin/busybox (`apt-get install busybox-static`). berthd
-//! runs in its own UTS namespace so setting the machine hostname does not touch this host.
+//! runs in its own UTS and network namespaces so its hostname, bridge and NAT rules do not
+//! touch this host.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -56,13 +57,31 @@ impl Berthd {
             .arg("--api-socket")
             .arg(api_socket(state))
             .args(["--remote-api-address", "127.0.0.1"])
+            .arg("--run-dir")
+            .arg(state.join("run"))
             .args(["--stop-grace", "0.5"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // SAFETY: unshare is async-signal-safe and allocates nothing.
+        // SAFETY: unshare, socket, ioctl and close are async-signal-safe and allocate
+        // nothing; `ifr` lives on this stack frame for the ioctl.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::unshare(libc::CLONE_NEWUTS) != 0 {
+                if libc::unshare(libc::CLONE_NEWUTS | libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // `lo` up in the new namespace, for the remote API on 127.0.0.1.
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let mut ifr: libc::ifreq = std::mem::zeroed();
+                ifr.ifr_name[0] = b'l' as libc::c_char;
+                ifr.ifr_name[1] = b'o' as libc::c_char;
+                ifr.ifr_ifru.ifru_flags =
+                    (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as i16;
+                let rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
+                libc::close(fd);
+                if rc != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -541,12 +560,23 @@ fn berthctl_drives_a_live_berthd() {
     assert_eq!(code, 7, "{err}");
     assert_eq!(out, "web\n/\nnot-db\n");
     // exec and ps through the remote API with the token; a wrong token is refused.
+    // berthd has its own network namespace: the remote client joins it.
+    let netns = fs::File::open(format!("/proc/{}/ns/net", berthd.child.id())).unwrap();
     let remote = |token: &str, args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
-            .args(["--host", &format!("127.0.0.1:{port}"), "--token", token])
-            .args(args)
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berthctl"));
+        cmd.args(["--host", &format!("127.0.0.1:{port}"), "--token", token])
+            .args(args);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&netns);
+        // SAFETY: setns is async-signal-safe; `netns` outlives the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),

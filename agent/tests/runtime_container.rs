@@ -69,6 +69,7 @@ fn init_config(state: &Path, name: &str, layer: &Path, args: &[&str]) -> InitCon
         rlimits: Vec::new(),
         cgroup: None,
         security: Default::default(),
+        network: Default::default(),
     }
 }
 

@@ -59,6 +59,7 @@ fn config(state: &Path, name: &str, layer: &Path, script: &str) -> InitConfig {
         rlimits: Vec::new(),
         cgroup: None,
         security: Default::default(),
+        network: Default::default(),
     }
 }
 

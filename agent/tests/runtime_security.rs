@@ -81,6 +81,7 @@ fn config(
         rlimits: Vec::new(),
         cgroup: None,
         security,
+        network: Default::default(),
     }
 }
 

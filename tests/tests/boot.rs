@@ -81,6 +81,38 @@ fn demo_boots_serves_http_and_powers_off_in_order() {
     assert!(web_exit < poweroff, "web exited after power-off");
 }
 
+/// Containers of one manifest reach each other by name over the bridge: the demo's `fetch`
+/// container gets the `web` container's page from `http://web/` (its own network namespace,
+/// its own address, /etc/hosts written by berthd).
+#[test]
+fn demo_containers_reach_each_other_by_name() {
+    let mut guest = Guest::boot(&BootOptions {
+        image: demo_image(),
+        limit: QEMU_LIMIT,
+        forwards: Vec::new(),
+        append: String::new(),
+    })
+    .unwrap();
+    guest.wait_for("berth: agent started", BOOT).unwrap();
+    let line = guest.wait_for("fetch | web", STEP).unwrap();
+    assert!(
+        line.ends_with("fetch | web says: hello from the berth demo"),
+        "fetch printed: {line}"
+    );
+    guest
+        .wait_for("berth: container=fetch state=exited code=0", STEP)
+        .unwrap();
+    guest.power_button().unwrap();
+    guest.wait_for("berth: poweroff", STEP).unwrap();
+    let status = guest.wait_exit(STEP).unwrap();
+    assert!(status.success(), "QEMU exited with {status}");
+    let console = guest.console().join("\n");
+    assert!(
+        !console.contains("berth: error:"),
+        "console shows an error:\n{console}"
+    );
+}
+
 /// Boot `manifest` laid over the demo image and expect it refused: the console names the file,
 /// line and column, no container starts, and PID 1 still powers the machine off in order.
 fn assert_refused_at_boot(manifest: &str, expected: &str) {
@@ -119,4 +151,63 @@ fn manifest_with_unknown_key_is_refused_at_boot() {
 fn manifest_with_missing_image_is_refused_at_boot() {
     let manifest = "version = 1\n\n[images]\nbusybox = { source = \"oci-layout:images/busybox\" }\nother = { source = \"oci-layout:images/not-shipped\" }\n\n[containers.web]\nimage = \"other\"\n";
     assert_refused_at_boot(manifest, "manifest.toml:5:");
+}
+
+/// Egress through NAT: a container reaches a server on the build host. QEMU user networking
+/// maps the guest's 10.0.2.2 to this host's loopback, where the test serves one page (loopback
+/// only); the container's packets leave berth0 masqueraded behind the guest's address.
+#[test]
+fn a_container_reaches_the_build_host_through_nat() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        // One request is all the container makes once it gets an answer.
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request);
+            let body = "hello from the build host\n";
+            let _ = write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let manifest = format!(
+        r#"version = 1
+
+[images]
+busybox = {{ source = "oci-layout:images/busybox" }}
+
+[containers.out]
+image = "busybox"
+command = ["/bin/sh", "-c", 'for i in $(seq 1 100); do if page=$(wget -q -O - http://10.0.2.2:{port}/); then echo "outside says: $page"; exit 0; fi; sleep 0.3; done; exit 1']
+"#
+    );
+    let image = berth_tests::overlay_image(
+        &demo_image(),
+        &[("etc/berth/manifest.toml", manifest.as_bytes())],
+    )
+    .unwrap();
+    let mut guest = Guest::boot(&BootOptions {
+        image: image.path().to_path_buf(),
+        limit: QEMU_LIMIT,
+        forwards: Vec::new(),
+        append: String::new(),
+    })
+    .unwrap();
+    guest.wait_for("berth: agent started", BOOT).unwrap();
+    let line = guest.wait_for("out | outside says:", STEP).unwrap();
+    assert!(
+        line.ends_with("out | outside says: hello from the build host"),
+        "{line}"
+    );
+    guest
+        .wait_for("berth: container=out state=exited code=0", STEP)
+        .unwrap();
+    server.join().unwrap();
+    guest.power_button().unwrap();
+    guest.wait_for("berth: poweroff", STEP).unwrap();
+    assert!(guest.wait_exit(STEP).unwrap().success());
 }

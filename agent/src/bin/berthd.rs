@@ -8,12 +8,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_agent::api::{self, server};
 use berth_agent::config_source;
 use berth_agent::console::{self, Event};
 use berth_agent::manifest::Manifest;
+use berth_agent::net;
 use berth_agent::runtime::cgroup::{self, Cgroups};
 use berth_agent::runtime::{self, init::error_chain, InitProgram, INIT_ARG};
 use berth_agent::supervisor::control::SAVED_MANIFEST;
@@ -46,6 +48,10 @@ struct Cli {
     /// cgroup v2 mount point (default: $BERTH_CGROUP_ROOT, else /sys/fs/cgroup).
     #[arg(long, value_name = "DIR")]
     cgroup_root: Option<PathBuf>,
+    /// Runtime directory for network namespaces and name files (default: $BERTH_RUN_DIR, else
+    /// /run/berth).
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
     /// Seconds between a container's stop signal and SIGKILL at shutdown, for containers
     /// without `stop_timeout`.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_STOP_GRACE.as_secs_f64())]
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
     let manifest = from_env_or(cli.manifest, "BERTH_MANIFEST", DEFAULT_MANIFEST);
     let state_dir = from_env_or(cli.state_dir, "BERTH_STATE_DIR", DEFAULT_STATE_DIR);
     let cgroup_root = from_env_or(cli.cgroup_root, "BERTH_CGROUP_ROOT", cgroup::DEFAULT_ROOT);
+    let run_dir = from_env_or(cli.run_dir, "BERTH_RUN_DIR", net::DEFAULT_RUN_DIR);
     let stop_grace = Duration::try_from_secs_f64(cli.stop_grace).unwrap_or(DEFAULT_STOP_GRACE);
 
     let api_socket = from_env_or(cli.api_socket, "BERTH_API_SOCKET", api::DEFAULT_SOCKET);
@@ -110,6 +117,7 @@ fn main() -> ExitCode {
     // `berthctl apply` a fixed manifest without a rebuild.
     let paths = config_source::boot::BootPaths::host(manifest.clone(), state_dir.clone());
     let mut waiter = None;
+    let mut network_manifest = None;
     let loaded = config_source::boot::load(&paths).map(|selection| {
         supervisor::boot::prepare_manifest(selection.manifest, &base_dir, &state_dir)
     });
@@ -131,6 +139,7 @@ fn main() -> ExitCode {
                     ),
                 });
             }
+            network_manifest = Some(boot.manifest.clone());
             (Some(boot.plans), boot.manifest.host.api)
         }
         Some(Err(e)) => {
@@ -151,7 +160,11 @@ fn main() -> ExitCode {
     if let Some(what) = cgroups.warning() {
         console::emit(&Event::Warning { what });
     }
-    let runner = HostRunner::new(InitProgram::current_exe(), cgroups);
+    let network = network_manifest
+        .as_ref()
+        .and_then(|m| setup_network(m, &state_dir, &run_dir));
+    let mut runner = HostRunner::new(InitProgram::current_exe(), cgroups);
+    runner.network = network.clone();
     let reaped = runner.reaped.clone();
     let remote = remote_api.as_ref().map(|api| {
         let addr = std::net::SocketAddr::new(cli.remote_api_address, api.port);
@@ -189,6 +202,7 @@ fn main() -> ExitCode {
         base_dir: base_dir.clone(),
         init: (nix::unistd::getppid() == nix::unistd::Pid::from_raw(1))
             .then(|| nix::unistd::Pid::from_raw(1)),
+        network: network.clone(),
     };
     if started {
         sup.start_all();
@@ -213,7 +227,40 @@ fn main() -> ExitCode {
         }
         true
     });
+    if let Some(Ok(mut net)) = network.as_ref().map(|n| n.lock()) {
+        if let Err(e) = net.teardown() {
+            console::emit(&Event::Error {
+                what: error_chain(&e),
+            });
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// The container network (bridge, NAT) for the manifest; on failure containers still start,
+/// each in an empty network namespace, and the console says why.
+fn setup_network(
+    manifest: &berth_agent::manifest::Manifest,
+    state_dir: &std::path::Path,
+    run_dir: &std::path::Path,
+) -> Option<Arc<Mutex<net::Network>>> {
+    let config = net::NetworkConfig::new(state_dir, run_dir);
+    let clients = net::RtNetlink::new()
+        .map_err(|e| error_chain(&e))
+        .and_then(|rt| Ok((rt, net::NfTables::new().map_err(|e| error_chain(&e))?)));
+    let result = clients.and_then(|(rt, nft)| {
+        net::Network::setup(manifest, config, Box::new(rt), Box::new(nft))
+            .map_err(|e| error_chain(&e))
+    });
+    match result {
+        Ok(network) => Some(Arc::new(Mutex::new(network))),
+        Err(what) => {
+            console::emit(&Event::Error {
+                what: format!("container network unavailable, containers get no network: {what}"),
+            });
+            None
+        }
+    }
 }
 
 /// The manifest file in force: the applied one when saved, else the boot manifest.

@@ -12,6 +12,7 @@ mod diagnose;
 mod error;
 pub mod limits;
 mod location;
+pub mod network;
 mod resolve;
 pub mod rules;
 mod schema;
@@ -20,11 +21,13 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 pub use error::{ErrorKind, ManifestError};
 pub use limits::{Limits, Rlimit};
 pub use location::Location;
+pub use network::{NetworkMode, PortMapping, Protocol, Subnet, DEFAULT_SUBNET};
 pub use resolve::LAYOUT_FILES;
 pub use supervision::{Condition, HealthCheck, LogSettings, Probe, RestartPolicy};
 
@@ -50,6 +53,8 @@ pub struct Manifest {
     pub version: u32,
     /// `[host]`.
     pub host: Host,
+    /// `[network]`.
+    pub network: NetworkDecl,
     /// `[images]`: name -> declaration.
     pub images: BTreeMap<String, ImageDecl>,
     /// `[containers.NAME]`, in name order.
@@ -83,6 +88,7 @@ impl PartialEq for Manifest {
     fn eq(&self, other: &Self) -> bool {
         self.version == other.version
             && self.host == other.host
+            && self.network == other.network
             && self.images == other.images
             && self.containers == other.containers
             && self.registries == other.registries
@@ -119,6 +125,21 @@ pub struct RemoteApi {
 
 /// Shortest `api_token` accepted.
 pub const MIN_API_TOKEN: usize = 16;
+
+/// `[network]`: the container bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkDecl {
+    /// `subnet`: the bridge gets its first address, containers the others.
+    pub subnet: Subnet,
+}
+
+impl Default for NetworkDecl {
+    fn default() -> Self {
+        NetworkDecl {
+            subnet: DEFAULT_SUBNET,
+        }
+    }
+}
 
 /// One `[images]` entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -284,6 +305,12 @@ pub struct ContainerSpec {
     pub healthcheck: Option<HealthCheck>,
     /// `restart_on_unhealthy`: restart it when its health check says unhealthy.
     pub restart_on_unhealthy: bool,
+    /// `network`: bridge (default), host or none.
+    pub network: NetworkMode,
+    /// `ip`: a pinned address in the subnet (bridge network only).
+    pub ip: Option<Ipv4Addr>,
+    /// `ports`: published ports (bridge network only).
+    pub ports: Vec<PortMapping>,
 }
 
 impl ContainerSpec {
@@ -316,6 +343,7 @@ impl Manifest {
         Manifest {
             version: 1,
             host,
+            network: NetworkDecl::default(),
             images,
             containers,
             registries: BTreeMap::new(),

@@ -35,6 +35,8 @@ pub(super) struct RawManifest {
     #[serde(default)]
     pub host: Option<RawHost>,
     #[serde(default)]
+    pub network: Option<RawNetwork>,
+    #[serde(default)]
     pub images: BTreeMap<Spanned<String>, RawImage>,
     #[serde(default)]
     pub containers: BTreeMap<Spanned<String>, RawContainer>,
@@ -62,6 +64,13 @@ pub(super) struct RawHost {
     pub hostname: Option<Spanned<String>>,
     pub api_port: Option<Spanned<i64>>,
     pub api_token: Option<Spanned<String>>,
+}
+
+/// `[network]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table like `[network]`")]
+pub(super) struct RawNetwork {
+    pub subnet: Option<Spanned<String>>,
 }
 
 /// One `[images]` entry.
@@ -105,6 +114,9 @@ pub(super) struct RawContainer {
     pub log_files: Option<Spanned<i64>>,
     pub healthcheck: Option<RawHealthCheck>,
     pub restart_on_unhealthy: Option<Spanned<bool>>,
+    pub network: Option<Spanned<String>>,
+    pub ip: Option<Spanned<String>>,
+    pub ports: Option<Vec<Spanned<String>>>,
 }
 
 /// `[containers.NAME.healthcheck]`; which keys apply depends on `type`.
@@ -195,6 +207,10 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "timeout" => "timeout = \"2s\"",
         "retries" => "retries = 3",
         "start_period" => "start_period = \"10s\"",
+        "subnet" => "subnet = \"10.88.0.0/24\"",
+        "network" => "network = \"bridge\" (or \"host\", \"none\")",
+        "ip" => "ip = \"10.88.0.10\"",
+        "ports" => "ports = [\"8080:80\", \"5353:53/udp\"]",
         _ => return None,
     })
 }

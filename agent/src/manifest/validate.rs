@@ -14,13 +14,14 @@ use toml::Spanned;
 use super::diagnose::closest;
 use super::error::{ErrorKind, ManifestError};
 use super::location::Location;
+use super::network::{NetworkMode, PortMapping, Subnet};
 use super::schema::{
     RawContainer, RawHealthCheck, RawImage, RawManifest, RawMount, RawRegistry, VersionProbe,
 };
 use super::supervision::{self, Condition, HealthCheck, LogSettings, Probe, RestartPolicy};
 use super::{
-    limits, rules, ContainerSpec, Host, ImageDecl, Manifest, MountDecl, Origin, RemoteApi,
-    SeccompProfile, DEFAULT_HOSTNAME, MIN_API_TOKEN, SUPPORTED_VERSIONS,
+    limits, rules, ContainerSpec, Host, ImageDecl, Manifest, MountDecl, NetworkDecl, Origin,
+    RemoteApi, SeccompProfile, DEFAULT_HOSTNAME, MIN_API_TOKEN, SUPPORTED_VERSIONS,
 };
 
 /// Checks `version` (read by the probe before the full schema is applied).
@@ -151,6 +152,15 @@ pub(super) fn validate(
         host.api = remote_api(&mut c, raw_host.api_port, raw_host.api_token);
     }
 
+    let mut network = NetworkDecl::default();
+    if let Some(subnet) = raw.network.and_then(|n| n.subnet) {
+        c.record("network.subnet".into(), &subnet.span());
+        match subnet.get_ref().parse::<Subnet>() {
+            Ok(parsed) => network.subnet = parsed,
+            Err(message) => c.fail(ErrorKind::InvalidValue, &subnet.span(), message),
+        }
+    }
+
     let mut images = BTreeMap::new();
     for (name, image) in raw.images {
         if let Some(decl) = image_decl(&mut c, &name, image) {
@@ -161,9 +171,22 @@ pub(super) fn validate(
     let declared: Vec<String> = images.keys().cloned().collect();
     let names: Vec<String> = raw.containers.keys().map(|k| k.get_ref().clone()).collect();
     let mut containers = BTreeMap::new();
+    let mut addressing = Addressing::default();
     for (name, raw_container) in raw.containers {
-        if let Some(spec) = container(&mut c, &name, raw_container, &declared) {
-            containers.insert(name.into_inner(), spec);
+        let net = container_network(
+            &mut c,
+            &name,
+            raw_container.network.clone(),
+            raw_container.ip.clone(),
+            raw_container.ports.clone(),
+            network.subnet,
+            &mut addressing,
+        );
+        if let Some(mut spec) = container(&mut c, &name, raw_container, &declared) {
+            if let Some((mode, ip, ports)) = net {
+                (spec.network, spec.ip, spec.ports) = (mode, ip, ports);
+                containers.insert(name.into_inner(), spec);
+            }
         }
     }
     check_dependencies(&mut c, &names);
@@ -181,6 +204,7 @@ pub(super) fn validate(
     Ok(Manifest {
         version,
         host,
+        network,
         images,
         containers,
         registries,
@@ -636,6 +660,9 @@ fn container(
         log,
         healthcheck,
         restart_on_unhealthy,
+        network: NetworkMode::default(),
+        ip: None,
+        ports: Vec::new(),
     })
 }
 
@@ -933,6 +960,168 @@ fn check_dependencies(c: &mut Checker<'_>, names: &[String]) {
             c.fail(ErrorKind::InvalidValue, span, message);
         }
     }
+}
+
+/// Pinned addresses and published ports seen so far, to report clashes naming both
+/// containers.
+#[derive(Default)]
+struct Addressing {
+    ips: Vec<(std::net::Ipv4Addr, String, Location)>,
+    ports: Vec<(PortMapping, String, Location)>,
+}
+
+/// A container's `network`, `ip` and `ports`; `None` when any of them is invalid.
+fn container_network(
+    c: &mut Checker<'_>,
+    name: &Spanned<String>,
+    network: Option<Spanned<String>>,
+    ip: Option<Spanned<String>>,
+    ports: Option<Vec<Spanned<String>>>,
+    subnet: Subnet,
+    seen: &mut Addressing,
+) -> Option<(NetworkMode, Option<std::net::Ipv4Addr>, Vec<PortMapping>)> {
+    let cname = name.get_ref().as_str();
+    let key = format!("containers.{cname}");
+    let mut ok = true;
+    let mut mode = NetworkMode::default();
+    if let Some(n) = &network {
+        c.record(format!("{key}.network"), &n.span());
+        match NetworkMode::parse(n.get_ref()) {
+            Ok(m) => mode = m,
+            Err(message) => {
+                c.fail(
+                    ErrorKind::InvalidValue,
+                    &n.span(),
+                    format!("container {cname:?}: {message}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    let only_bridge = |c: &mut Checker<'_>, what: &str, span: &Range<usize>| {
+        c.fail(
+            ErrorKind::InvalidValue,
+            span,
+            format!(
+                "container {cname:?}: `{what}` needs the bridge network, but network = \"{}\"; remove `{what}` or the `network` line",
+                mode.as_str()
+            ),
+        );
+    };
+    let mut address = None;
+    if let Some(ip) = &ip {
+        c.record(format!("{key}.ip"), &ip.span());
+        if mode != NetworkMode::Bridge {
+            only_bridge(c, "ip", &ip.span());
+            ok = false;
+        } else {
+            match ip.get_ref().parse::<std::net::Ipv4Addr>() {
+                Err(_) => {
+                    c.fail(
+                        ErrorKind::InvalidValue,
+                        &ip.span(),
+                        format!(
+                            "container {cname:?}: ip {:?} is not an IPv4 address; write e.g. ip = \"{}\"",
+                            ip.get_ref(),
+                            subnet.container_addresses().nth(8).unwrap_or(subnet.gateway())
+                        ),
+                    );
+                    ok = false;
+                }
+                Ok(addr) if !subnet.usable_for_container(addr) => {
+                    let why = if subnet.contains(addr) {
+                        format!(
+                            "is the subnet's network, bridge ({}) or broadcast address",
+                            subnet.gateway()
+                        )
+                    } else {
+                        format!("is outside the subnet {subnet}")
+                    };
+                    c.fail(
+                        ErrorKind::InvalidValue,
+                        &ip.span(),
+                        format!(
+                            "container {cname:?}: ip {addr} {why}; pick an address from {} to {}",
+                            subnet
+                                .container_addresses()
+                                .next()
+                                .unwrap_or(subnet.gateway()),
+                            subnet
+                                .container_addresses()
+                                .last()
+                                .unwrap_or(subnet.gateway())
+                        ),
+                    );
+                    ok = false;
+                }
+                Ok(addr) => {
+                    let at = c.at(&ip.span());
+                    if let Some((_, other, other_at)) = seen.ips.iter().find(|(a, _, _)| *a == addr)
+                    {
+                        let message = format!(
+                            "container {cname:?}: ip {addr} is already pinned by container {other:?} (line {}, column {}); each container needs its own address",
+                            other_at.line, other_at.column
+                        );
+                        c.fail(ErrorKind::InvalidValue, &ip.span(), message);
+                        ok = false;
+                    } else {
+                        seen.ips.push((addr, cname.to_owned(), at));
+                        address = Some(addr);
+                    }
+                }
+            }
+        }
+    }
+    let mut mappings = Vec::new();
+    for (index, entry) in ports.unwrap_or_default().into_iter().enumerate() {
+        if index == 0 {
+            c.record(format!("{key}.ports"), &entry.span());
+        }
+        if mode != NetworkMode::Bridge {
+            only_bridge(c, "ports", &entry.span());
+            ok = false;
+            break;
+        }
+        match entry.get_ref().parse::<PortMapping>() {
+            Err(message) => {
+                c.fail(
+                    ErrorKind::InvalidValue,
+                    &entry.span(),
+                    format!("container {cname:?}: {message}"),
+                );
+                ok = false;
+            }
+            Ok(mapping) => {
+                let at = c.at(&entry.span());
+                if let Some((other_map, other, other_at)) = seen
+                    .ports
+                    .iter()
+                    .find(|(m, _, _)| m.conflicts_with(&mapping))
+                {
+                    let whose = if other == cname {
+                        "another of its own ports".to_owned()
+                    } else {
+                        format!("container {other:?}")
+                    };
+                    let message = format!(
+                        "container {cname:?}: port {:?} publishes host port {}/{} already published by {whose} as {:?} (line {}, column {}); choose another host port",
+                        entry.get_ref(),
+                        mapping.host_port,
+                        mapping.protocol.as_str(),
+                        other_map.to_string(),
+                        other_at.line,
+                        other_at.column
+                    );
+                    c.fail(ErrorKind::InvalidValue, &entry.span(), message);
+                    ok = false;
+                } else {
+                    seen.ports.push((mapping, cname.to_owned(), at));
+                    mappings.push(mapping);
+                }
+            }
+        }
+    }
+    ok.then_some((mode, address, mappings))
 }
 
 /// One mount entry: `type` decides which keys are required and which are refused.

@@ -64,6 +64,23 @@ pub struct InitConfig {
     /// User, capabilities, seccomp, read-only root.
     #[serde(default)]
     pub security: SecuritySpec,
+    /// The network namespace: a new one (default), the host's, or one prepared by berthd's
+    /// network module. Entered by berthd's forked child before the shim runs.
+    #[serde(default)]
+    pub network: NetworkNamespace,
+}
+
+/// Which network namespace a container runs in.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum NetworkNamespace {
+    /// A fresh, empty one (only a down `lo`).
+    #[default]
+    New,
+    /// The host's (`network = "host"`).
+    Host,
+    /// The namespace bound at this path (set up by `net::Network`).
+    Join(PathBuf),
 }
 
 /// What the shim tells berthd.
@@ -356,6 +373,7 @@ mod tests {
             rlimits: Vec::new(),
             cgroup: None,
             security: SecuritySpec::default(),
+            network: Default::default(),
         }
     }
 

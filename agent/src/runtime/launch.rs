@@ -17,9 +17,10 @@ use std::process::{Command, Stdio};
 use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 
-use super::init::{InitConfig, Report, EXIT_SETUP_FAILED, INIT_ARG, REPORT_FD};
+use super::init::{InitConfig, NetworkNamespace, Report, EXIT_SETUP_FAILED, INIT_ARG, REPORT_FD};
 
-/// Namespaces every container gets at this stage (the network namespace is shared for now).
+/// Namespaces every container gets; the network namespace is chosen per container (see
+/// [`NetworkNamespace`]).
 pub const NAMESPACES: libc::c_int = libc::CLONE_NEWNS
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWIPC
@@ -138,6 +139,21 @@ pub fn launch(program: &InitProgram, cfg: &InitConfig) -> Result<Launched, Launc
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w));
     let rep_fd = rep_w.as_raw_fd();
+    // Opened before the fork: the child only calls setns on it.
+    let netns = match &cfg.network {
+        NetworkNamespace::Join(path) => {
+            Some(File::open(path).map_err(|source| LaunchError::Spawn {
+                program: path.clone(),
+                source,
+            })?)
+        }
+        NetworkNamespace::New | NetworkNamespace::Host => None,
+    };
+    let netns_fd = netns.as_ref().map(AsRawFd::as_raw_fd);
+    let namespaces = match cfg.network {
+        NetworkNamespace::New => NAMESPACES | libc::CLONE_NEWNET,
+        NetworkNamespace::Host | NetworkNamespace::Join(_) => NAMESPACES,
+    };
     let cgroup_procs = match &cfg.cgroup {
         Some(dir) => Some(
             CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).map_err(|e| {
@@ -150,7 +166,7 @@ pub fn launch(program: &InitProgram, cfg: &InitConfig) -> Result<Launched, Launc
         None => None,
     };
     // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (dup2, fcntl, open, write, close, unshare); it allocates
+    // async-signal-safe functions (dup2, fcntl, open, write, close, setns, unshare); it allocates
     // nothing (the cgroup.procs path was built before the fork).
     unsafe {
         cmd.pre_exec(move || {
@@ -174,7 +190,12 @@ pub fn launch(program: &InitProgram, cfg: &InitConfig) -> Result<Launched, Launc
                     return Err(err);
                 }
             }
-            if libc::unshare(NAMESPACES) != 0 {
+            if let Some(fd) = netns_fd {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::unshare(namespaces) != 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -184,6 +205,7 @@ pub fn launch(program: &InitProgram, cfg: &InitConfig) -> Result<Launched, Launc
     // Close our copies of the child's ends so EOFs arrive when the child's copies close.
     drop(cmd);
     drop(rep_w);
+    drop(netns);
     let mut shim = spawned.map_err(|source| LaunchError::Spawn {
         program: program.path.clone(),
         source,

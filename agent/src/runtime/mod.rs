@@ -22,7 +22,7 @@ pub mod userns;
 
 use nix::sys::wait::WaitStatus;
 
-pub use init::{InitConfig, INIT_ARG};
+pub use init::{InitConfig, NetworkNamespace, INIT_ARG};
 pub use launch::{launch, InitProgram, LaunchError, Launched};
 pub use rootfs::RootfsLayout;
 pub use spec::{merge, ProcessSpec, SpecError};

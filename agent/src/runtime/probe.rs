@@ -11,24 +11,25 @@ use super::exec::{self, ExecConfig, Reaped};
 use super::launch::InitProgram;
 use crate::manifest::Probe;
 
-/// Where TCP and HTTP checks connect: the container's address (loopback while containers
-/// share the host's network).
-pub fn target(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
+/// Where TCP and HTTP checks connect: the container's bridge address, or loopback for a
+/// container on the host's network (`address` is `None`).
+pub fn target(address: Option<std::net::Ipv4Addr>, port: u16) -> SocketAddr {
+    SocketAddr::from((address.unwrap_or(std::net::Ipv4Addr::LOCALHOST), port))
 }
 
 /// Run `probe` against the container whose exec settings are `exec`; true when it passed.
 pub fn check(
     probe: &Probe,
+    address: Option<std::net::Ipv4Addr>,
     timeout: Duration,
     shim: &InitProgram,
     exec: &ExecConfig,
     reaped: &Reaped,
 ) -> bool {
     match probe {
-        Probe::Tcp { port } => TcpStream::connect_timeout(&target(*port), timeout).is_ok(),
+        Probe::Tcp { port } => TcpStream::connect_timeout(&target(address, *port), timeout).is_ok(),
         Probe::Http { port, path, status } => {
-            http_status(target(*port), path, timeout).is_some_and(|s| s == *status)
+            http_status(target(address, *port), path, timeout).is_some_and(|s| s == *status)
         }
         Probe::Exec { command } => {
             let cfg = ExecConfig {
@@ -123,7 +124,11 @@ mod tests {
                 s.write_all(reply.as_bytes()).unwrap();
             }
         });
-        let addr = target(port);
+        let addr = target(None, port);
+        assert_eq!(
+            target(Some(std::net::Ipv4Addr::new(10, 88, 0, 2)), 80),
+            SocketAddr::from(([10, 88, 0, 2], 80))
+        );
         assert_eq!(
             http_status(addr, "/healthz", Duration::from_secs(5)),
             Some(200)

@@ -11,11 +11,11 @@ use nix::sys::signal::Signal;
 
 use crate::manifest::{
     rules, Condition, ContainerSpec, HealthCheck, Location, LogSettings, Manifest, ManifestError,
-    MountDecl, RestartPolicy,
+    MountDecl, NetworkMode, RestartPolicy,
 };
 use crate::runtime::cgroup::CgroupLimits;
 use crate::runtime::rootfs::ContainerMount;
-use crate::runtime::{self, rlimit, InitConfig, RootfsLayout, SpecError};
+use crate::runtime::{self, rlimit, InitConfig, NetworkNamespace, RootfsLayout, SpecError};
 use crate::store::{Store, StoreError};
 
 /// One container, ready to launch.
@@ -67,6 +67,8 @@ pub struct Supervision {
     pub healthcheck: Option<HealthCheck>,
     /// `restart_on_unhealthy`.
     pub restart_on_unhealthy: bool,
+    /// `ports`, as written (`HOST:CONTAINER/PROTO`), for `berthctl ps`.
+    pub ports: Vec<String>,
 }
 
 impl Supervision {
@@ -81,6 +83,7 @@ impl Supervision {
             log: spec.log,
             healthcheck: spec.healthcheck.clone(),
             restart_on_unhealthy: spec.restart_on_unhealthy,
+            ports: spec.ports.iter().map(ToString::to_string).collect(),
         }
     }
 }
@@ -479,6 +482,11 @@ pub fn prepare_manifest_with(
                 cgroup: None,
                 security,
                 rootfs,
+                // berthd's network module replaces this with the namespace it prepared.
+                network: match spec.network {
+                    NetworkMode::Host => NetworkNamespace::Host,
+                    NetworkMode::Bridge | NetworkMode::None => NetworkNamespace::New,
+                },
             },
             stop_signal,
             stop_timeout: spec.stop_timeout,

@@ -29,6 +29,8 @@ pub struct Control {
     pub base_dir: PathBuf,
     /// PID 1, when berthd runs under berth-init (power requests go there).
     pub init: Option<Pid>,
+    /// The container network, told about an applied manifest before it is reconciled.
+    pub network: Option<std::sync::Arc<std::sync::Mutex<crate::net::Network>>>,
 }
 
 impl Control {
@@ -60,7 +62,10 @@ impl Control {
         match command {
             Command::List => Reply::Host(host_status(sup)),
             Command::Inspect(name) => match sup.slot(&name) {
-                Some(slot) => Reply::Container(Box::new(detail(slot))),
+                Some(slot) => Reply::Container(Box::new(detail(
+                    slot,
+                    sup.runner().address_of(&slot.plan.name),
+                ))),
                 None => not_found(&name),
             },
             Command::Start(name) => done(sup.start_container(&name), &name),
@@ -108,6 +113,7 @@ impl Control {
             Err(e) => return Reply::Invalid(e.to_string()),
         };
         let hostname = manifest.host.hostname.clone();
+        let for_network = manifest.clone();
         let plans = match boot::prepare_manifest(manifest, &self.base_dir, &self.state_dir) {
             Ok(b) => match b.waiting.first() {
                 // apply changes all or nothing: every image must be in the store first.
@@ -123,6 +129,11 @@ impl Control {
         };
         if !apply {
             return Reply::Applied(sup.diff(&plans));
+        }
+        if let Some(Ok(mut net)) = self.network.as_ref().map(|n| n.lock()) {
+            if let Err(e) = net.update(&for_network) {
+                return Reply::Invalid(format!("{}; nothing was changed", error_chain(&e)));
+            }
         }
         if let Err(e) = save_manifest(&self.state_dir, text) {
             return Reply::Conflict(format!(
@@ -179,7 +190,7 @@ pub fn save_manifest(state_dir: &Path, text: &str) -> std::io::Result<()> {
     std::fs::File::open(state_dir)?.sync_all()
 }
 
-fn status(slot: &Slot) -> ContainerStatus {
+fn status(slot: &Slot, ip: Option<std::net::Ipv4Addr>) -> ContainerStatus {
     let waiting = slot.waiting().map(|w| match w {
         DepStatus::Waiting { on, condition } => format!("waiting for {on} to be {condition}"),
         DepStatus::Blocked {
@@ -205,8 +216,8 @@ fn status(slot: &Slot) -> ContainerStatus {
         waiting,
         restart: slot.plan.supervision.restart.to_string(),
         essential: slot.plan.supervision.essential,
-        ip: None,
-        ports: Vec::new(),
+        ip: ip.map(|a| a.to_string()),
+        ports: slot.plan.supervision.ports.clone(),
     }
 }
 
@@ -216,14 +227,18 @@ pub fn host_status<R: Runner, C: Clock>(sup: &Supervisor<R, C>) -> HostStatus {
     HostStatus {
         host: if failed.is_empty() { "ok" } else { "degraded" }.to_owned(),
         failed,
-        containers: sup.slots().iter().map(status).collect(),
+        containers: sup
+            .slots()
+            .iter()
+            .map(|s| status(s, sup.runner().address_of(&s.plan.name)))
+            .collect(),
     }
 }
 
-fn detail(slot: &Slot) -> ContainerDetail {
+fn detail(slot: &Slot, ip: Option<std::net::Ipv4Addr>) -> ContainerDetail {
     let plan: &ContainerPlan = &slot.plan;
     ContainerDetail {
-        status: status(slot),
+        status: status(slot, ip),
         args: plan.init.process.args.clone(),
         env: plan.init.process.env.clone(),
         cwd: plan.init.process.cwd.clone(),

@@ -75,6 +75,10 @@ pub trait Runner {
     /// Start a health check off the supervisor's thread; its result comes back from
     /// [`Runner::probe_results`].
     fn probe(&mut self, _request: ProbeRequest) {}
+    /// The container's own address, when it has one on the bridge.
+    fn address_of(&self, _name: &str) -> Option<std::net::Ipv4Addr> {
+        None
+    }
     /// Health checks that ended since the last call.
     fn probe_results(&mut self) -> Vec<ProbeResult> {
         Vec::new()
@@ -121,6 +125,8 @@ pub struct HostRunner {
     probes: Arc<Mutex<Vec<ProbeResult>>>,
     /// Exits the reaper collected, for threads waiting on their own children.
     pub reaped: Reaped,
+    /// Container networking (bridge, namespaces, NAT), when berthd set it up.
+    pub network: Option<std::sync::Arc<std::sync::Mutex<crate::net::Network>>>,
 }
 
 impl HostRunner {
@@ -133,6 +139,7 @@ impl HostRunner {
             leaves: Leaves::new(),
             probes: Arc::default(),
             reaped: Reaped::default(),
+            network: None,
         }
     }
 
@@ -182,7 +189,11 @@ impl Runner for HostRunner {
         let leaf = self.leaf_for(init)?;
         let mut init = init.clone();
         init.cgroup = leaf.as_ref().map(|l| l.path().to_path_buf());
-        let launched = runtime::launch(&self.init, &init);
+        let launched = crate::net::hook::start(self.network.as_ref(), &mut init)
+            .and_then(|()| runtime::launch(&self.init, &init));
+        if launched.is_err() {
+            crate::net::hook::stop(self.network.as_ref(), &init.name);
+        }
         if let Some(leaf) = leaf {
             if launched.is_ok() {
                 self.leaves.insert(init.name.clone(), leaf);
@@ -194,6 +205,7 @@ impl Runner for HostRunner {
     }
 
     fn release(&mut self, name: &str) -> Option<&'static str> {
+        crate::net::hook::stop(self.network.as_ref(), name);
         let leaf = self.leaves.remove(name)?;
         let reason = leaf.oom_killed().then_some("oom");
         if let Err(e) = leaf.remove(CGROUP_EMPTY_WAIT) {
@@ -220,15 +232,22 @@ impl Runner for HostRunner {
         unmount_rootfs(&rootfs.target);
     }
 
+    fn address_of(&self, name: &str) -> Option<std::net::Ipv4Addr> {
+        self.network.as_ref()?.lock().ok()?.address_of(name)
+    }
+
     fn probe(&mut self, request: ProbeRequest) {
         let results = self.probes.clone();
         let shim = exec::shim_program();
         let reaped = self.reaped.clone();
+        // A bridge container is checked on its own address.
+        let address = self.address_of(&request.name);
         let spawned = std::thread::Builder::new()
             .name(format!("probe-{}", request.name))
             .spawn(move || {
                 let passed = probe::check(
                     &request.probe,
+                    address,
                     request.timeout,
                     &shim,
                     &request.exec,
@@ -1380,6 +1399,7 @@ mod tests {
                 rlimits: Vec::new(),
                 cgroup: None,
                 security: Default::default(),
+                network: Default::default(),
             },
             stop_signal,
             stop_timeout: None,

@@ -174,6 +174,7 @@ fn run_berth(image: &StoredImage, containers: &Path, id: &str) -> Result<Duratio
         cgroup: None,
         // What a manifest container gets: Docker's capabilities, no_new_privs, seccomp.
         security: Default::default(),
+        network: Default::default(),
     };
     cfg.rootfs
         .prepare_host_dirs()

@@ -261,6 +261,9 @@ mod tests {
             log: Default::default(),
             healthcheck: None,
             restart_on_unhealthy: false,
+            network: Default::default(),
+            ip: None,
+            ports: Vec::new(),
         }
     }
 

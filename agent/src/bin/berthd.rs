@@ -46,6 +46,18 @@ struct Cli {
     /// without `stop_timeout`.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_STOP_GRACE.as_secs_f64())]
     stop_grace: f64,
+    /// Where the manifest may come from: `on` asks the kernel command line, fw_cfg, config
+    /// drives and cloud metadata before the last good and the built-in manifest; `off` reads
+    /// only the built-in one; `auto` (default) is `on` when PID 1 started berthd.
+    #[arg(long, value_enum, default_value_t = ConfigSources::Auto)]
+    config_sources: ConfigSources,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ConfigSources {
+    Auto,
+    On,
+    Off,
 }
 
 fn from_env_or(flag: Option<PathBuf>, var: &str, default: &str) -> PathBuf {
@@ -85,7 +97,12 @@ fn main() -> ExitCode {
     let cgroup_root = from_env_or(cli.cgroup_root, "BERTH_CGROUP_ROOT", cgroup::DEFAULT_ROOT);
     let stop_grace = Duration::try_from_secs_f64(cli.stop_grace).unwrap_or(DEFAULT_STOP_GRACE);
 
-    let paths = config_source::boot::BootPaths::host(manifest, state_dir.clone());
+    let outside = match cli.config_sources {
+        ConfigSources::On => true,
+        ConfigSources::Off => false,
+        ConfigSources::Auto => nix::unistd::getppid().as_raw() == 1,
+    };
+    let paths = config_source::boot::BootPaths::host(manifest, state_dir.clone(), outside);
     let Some(selection) = config_source::boot::load(&paths) else {
         console::emit(&Event::ManifestRejected);
         idle(&signals);

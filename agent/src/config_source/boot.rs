@@ -23,16 +23,21 @@ pub struct BootPaths {
     pub cmdline: PathBuf,
     /// DMI strings (`/sys/class/dmi/id`).
     pub dmi: PathBuf,
+    /// Whether to ask the outside sources and keep a last good manifest. Off, only the
+    /// built-in manifest is read (a berthd run by hand or by tests, not as the host's agent:
+    /// it must not read the machine's drives or metadata).
+    pub outside: bool,
 }
 
 impl BootPaths {
     /// The paths of a berth host, with the built-in manifest and state directory given.
-    pub fn host(builtin: PathBuf, state_dir: PathBuf) -> Self {
+    pub fn host(builtin: PathBuf, state_dir: PathBuf, outside: bool) -> Self {
         BootPaths {
             builtin,
             state_dir,
             cmdline: cmdline::proc_cmdline(),
             dmi: PathBuf::from("/sys/class/dmi/id"),
+            outside,
         }
     }
 
@@ -60,6 +65,16 @@ impl Report for ConsoleReport {
 /// and save it as the last good one. `None` when no valid manifest exists anywhere (the
 /// reasons are already on the console).
 pub fn load(paths: &BootPaths) -> Option<Selection> {
+    if !paths.outside {
+        let mut builtin: Vec<Box<dyn Source>> =
+            vec![Box::new(FileSource::new("image", &paths.builtin))];
+        return announce(select(
+            &mut [],
+            &mut builtin,
+            paths.images_dir(),
+            &mut ConsoleReport,
+        ));
+    }
     let cmdline = std::fs::read_to_string(&paths.cmdline).unwrap_or_default();
     let (params, warnings) = BootParams::parse(&cmdline);
     for what in warnings {
@@ -77,12 +92,25 @@ pub fn load(paths: &BootPaths) -> Option<Selection> {
         Box::new(FileSource::new("state", last_good.path())),
         Box::new(FileSource::new("image", &paths.builtin)),
     ];
-    let selection = match select(
+    let selection = announce(select(
         &mut primary,
         &mut fallback,
         paths.images_dir(),
         &mut ConsoleReport,
-    ) {
+    ))?;
+    if selection.kind != "state" {
+        if let Err(e) = last_good.save(&selection.found.bytes) {
+            console::emit(&Event::Warning {
+                what: format!("{}; the next boot may not find it", error_chain(&e)),
+            });
+        }
+    }
+    Some(selection)
+}
+
+/// Print where the manifest came from, or why there is none.
+fn announce(result: Result<Selection, SourceError>) -> Option<Selection> {
+    let selection = match result {
         Ok(selection) => selection,
         Err(SourceError::NoManifest(why)) => {
             console::emit(&Event::Error { what: why });
@@ -96,12 +124,5 @@ pub fn load(paths: &BootPaths) -> Option<Selection> {
         origin: &selection.found.origin,
         fallback_from: selection.fallback_from,
     });
-    if selection.kind != "state" {
-        if let Err(e) = last_good.save(&selection.found.bytes) {
-            console::emit(&Event::Warning {
-                what: format!("{}; the next boot may not find it", error_chain(&e)),
-            });
-        }
-    }
     Some(selection)
 }

@@ -126,3 +126,31 @@ fn announce(result: Result<Selection, SourceError>) -> Option<Selection> {
     });
     Some(selection)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_outside_sources_only_the_built_in_manifest_is_read_and_nothing_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let builtin = dir.path().join("etc/manifest.toml");
+        std::fs::create_dir_all(builtin.parent().unwrap()).unwrap();
+        std::fs::write(&builtin, "version = 1\n[host]\nhostname = \"built-in\"\n").unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        // A last good manifest is ignored when berthd is not the host's agent.
+        std::fs::write(state.join("manifest.toml"), "version = 1\n").unwrap();
+        let paths = BootPaths::host(builtin.clone(), state.clone(), false);
+        assert_eq!(paths.images_dir(), dir.path().join("etc"));
+        let selection = load(&paths).unwrap();
+        assert_eq!(selection.kind, "image");
+        assert_eq!(selection.manifest.host.hostname, "built-in");
+        assert_eq!(
+            std::fs::read_to_string(state.join("manifest.toml")).unwrap(),
+            "version = 1\n"
+        );
+        std::fs::write(&builtin, "version = 1\nbogus = 1\n").unwrap();
+        assert!(load(&paths).is_none());
+    }
+}

@@ -164,7 +164,10 @@ impl fmt::Display for Event<'_> {
                 }
             }
             Event::SourceRefused { source, error } => {
-                write!(f, "berth: error: manifest source={source} refused: {error}")
+                write!(
+                    f,
+                    "berth: error: {error} (manifest source={source} refused)"
+                )
             }
             Event::Ready { running, declared } => {
                 write!(f, "berth: ready containers={running}/{declared}")
@@ -262,7 +265,7 @@ mod tests {
                 error: "imds:x:1:1: bad".into(),
             }
             .to_string(),
-            "berth: error: manifest source=imds refused: imds:x:1:1: bad"
+            "berth: error: imds:x:1:1: bad (manifest source=imds refused)"
         );
         assert_eq!(
             Event::Ready {

@@ -202,10 +202,11 @@ fn invalid_user_data_falls_back_to_the_built_in_manifest_with_a_located_error() 
     let mut guest = Guest::boot_with(&options(""), &args(&[&"--config-drive", &iso])).unwrap();
     guest.wait_for("berth: agent started", BOOT).unwrap();
     let error = guest
-        .wait_for("berth: error: manifest source=config-drive refused", STEP)
+        .wait_for("(manifest source=config-drive refused)", STEP)
         .unwrap();
     assert!(
-        error.contains("cidata:/dev/vda:user-data:4:1: ") && error.contains("hostnam"),
+        error.starts_with("berth: error: cidata:/dev/vda:user-data:4:1: ")
+            && error.contains("hostnam"),
         "error line: {error}"
     );
     let source = guest.wait_for("berth: manifest source=", STEP).unwrap();

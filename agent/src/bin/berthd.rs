@@ -62,6 +62,18 @@ struct Cli {
     /// The address the remote API (the manifest's `api_port`) listens on.
     #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
     remote_api_address: std::net::IpAddr,
+    /// Where the manifest may come from: `on` asks the kernel command line, fw_cfg, config
+    /// drives and cloud metadata before the last good and the built-in manifest; `off` reads
+    /// only the built-in one; `auto` (default) is `on` when PID 1 started berthd.
+    #[arg(long, value_enum, default_value_t = ConfigSources::Auto)]
+    config_sources: ConfigSources,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ConfigSources {
+    Auto,
+    On,
+    Off,
 }
 
 fn from_env_or(flag: Option<PathBuf>, var: &str, default: &str) -> PathBuf {
@@ -115,7 +127,12 @@ fn main() -> ExitCode {
     // config drive, IMDS, the last good one in the state directory, the built-in one). A
     // rejected manifest starts nothing; berthd still serves its local API, so an operator can
     // `berthctl apply` a fixed manifest without a rebuild.
-    let paths = config_source::boot::BootPaths::host(manifest.clone(), state_dir.clone());
+    let outside = match cli.config_sources {
+        ConfigSources::On => true,
+        ConfigSources::Off => false,
+        ConfigSources::Auto => nix::unistd::getppid().as_raw() == 1,
+    };
+    let paths = config_source::boot::BootPaths::host(manifest.clone(), state_dir.clone(), outside);
     let mut waiter = None;
     let mut network_manifest = None;
     let loaded = config_source::boot::load(&paths).map(|selection| {

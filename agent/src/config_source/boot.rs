@@ -23,16 +23,21 @@ pub struct BootPaths {
     pub cmdline: PathBuf,
     /// DMI strings (`/sys/class/dmi/id`).
     pub dmi: PathBuf,
+    /// Whether to ask the outside sources and keep a last good manifest. Off, only the
+    /// built-in manifest is read (a berthd run by hand or by tests, not as the host's agent:
+    /// it must not read the machine's drives or metadata).
+    pub outside: bool,
 }
 
 impl BootPaths {
     /// The paths of a berth host, with the built-in manifest and state directory given.
-    pub fn host(builtin: PathBuf, state_dir: PathBuf) -> Self {
+    pub fn host(builtin: PathBuf, state_dir: PathBuf, outside: bool) -> Self {
         BootPaths {
             builtin,
             state_dir,
             cmdline: cmdline::proc_cmdline(),
             dmi: PathBuf::from("/sys/class/dmi/id"),
+            outside,
         }
     }
 
@@ -60,6 +65,21 @@ impl Report for ConsoleReport {
 /// and save it as the last good one. `None` when no valid manifest exists anywhere (the
 /// reasons are already on the console).
 pub fn load(paths: &BootPaths) -> Option<Selection> {
+    if !paths.outside {
+        // Not the host's agent: no outside source, nothing saved; an applied manifest
+        // (`berthctl apply` writes the last good one) still wins over the built-in one.
+        let last_good = LastGood::in_state_dir(&paths.state_dir);
+        let mut local: Vec<Box<dyn Source>> = vec![
+            Box::new(FileSource::new("state", last_good.path())),
+            Box::new(FileSource::new("image", &paths.builtin)),
+        ];
+        return announce(select(
+            &mut [],
+            &mut local,
+            paths.images_dir(),
+            &mut ConsoleReport,
+        ));
+    }
     let cmdline = std::fs::read_to_string(&paths.cmdline).unwrap_or_default();
     let (params, warnings) = BootParams::parse(&cmdline);
     for what in warnings {
@@ -77,12 +97,25 @@ pub fn load(paths: &BootPaths) -> Option<Selection> {
         Box::new(FileSource::new("state", last_good.path())),
         Box::new(FileSource::new("image", &paths.builtin)),
     ];
-    let selection = match select(
+    let selection = announce(select(
         &mut primary,
         &mut fallback,
         paths.images_dir(),
         &mut ConsoleReport,
-    ) {
+    ))?;
+    if selection.kind != "state" {
+        if let Err(e) = last_good.save(&selection.found.bytes) {
+            console::emit(&Event::Warning {
+                what: format!("{}; the next boot may not find it", error_chain(&e)),
+            });
+        }
+    }
+    Some(selection)
+}
+
+/// Print where the manifest came from, or why there is none.
+fn announce(result: Result<Selection, SourceError>) -> Option<Selection> {
+    let selection = match result {
         Ok(selection) => selection,
         Err(SourceError::NoManifest(why)) => {
             console::emit(&Event::Error { what: why });
@@ -96,12 +129,33 @@ pub fn load(paths: &BootPaths) -> Option<Selection> {
         origin: &selection.found.origin,
         fallback_from: selection.fallback_from,
     });
-    if selection.kind != "state" {
-        if let Err(e) = last_good.save(&selection.found.bytes) {
-            console::emit(&Event::Warning {
-                what: format!("{}; the next boot may not find it", error_chain(&e)),
-            });
-        }
-    }
     Some(selection)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_outside_sources_only_local_manifests_are_read_and_nothing_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let builtin = dir.path().join("etc/manifest.toml");
+        std::fs::create_dir_all(builtin.parent().unwrap()).unwrap();
+        std::fs::write(&builtin, "version = 1\n[host]\nhostname = \"built-in\"\n").unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let paths = BootPaths::host(builtin.clone(), state.clone(), false);
+        assert_eq!(paths.images_dir(), dir.path().join("etc"));
+        let selection = load(&paths).unwrap();
+        assert_eq!(selection.kind, "image");
+        assert_eq!(selection.manifest.host.hostname, "built-in");
+        assert!(!state.join("manifest.toml").exists(), "nothing saved");
+        // An applied manifest (the last good one) wins over the built-in one.
+        std::fs::write(state.join("manifest.toml"), "version = 1\n").unwrap();
+        let selection = load(&paths).unwrap();
+        assert_eq!(selection.kind, "state");
+        std::fs::remove_file(state.join("manifest.toml")).unwrap();
+        std::fs::write(&builtin, "version = 1\nbogus = 1\n").unwrap();
+        assert!(load(&paths).is_none());
+    }
 }

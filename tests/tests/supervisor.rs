@@ -31,6 +31,7 @@ busybox = { source = "oci-layout:images/busybox" }
 image = "busybox"
 command = ["/bin/sh", "-c", "mkdir -p /www && echo 'hello from web' > /www/index.html; trap 'kill $h; exit 0' TERM; httpd -f -p 8080 -h /www & h=$!; wait $h"]
 restart = "always"
+ports = ["8080:8080"]
 healthcheck = { type = "http", port = 8080, path = "/", interval = "1s" }
 
 [containers.crash]

@@ -159,6 +159,37 @@ pub fn veth_name(ip: Ipv4Addr) -> String {
     format!("bv{:08x}", u32::from(ip))
 }
 
+/// Each container's network declaration, by name.
+fn declared_of(manifest: &Manifest) -> BTreeMap<String, Declared> {
+    manifest
+        .containers
+        .iter()
+        .map(|(name, c)| {
+            (
+                name.clone(),
+                Declared {
+                    mode: c.network,
+                    hostname: c.hostname_or(name).to_owned(),
+                    ports: c.ports.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// An address request per bridge container (pinned `ip` when given).
+fn ipam_requests(manifest: &Manifest) -> Vec<ipam::Request> {
+    manifest
+        .containers
+        .iter()
+        .filter(|(_, c)| c.network == NetworkMode::Bridge)
+        .map(|(name, c)| ipam::Request {
+            name: name.clone(),
+            pinned: c.ip,
+        })
+        .collect()
+}
+
 impl Network {
     /// Assign addresses to the manifest's bridge containers and, when there is any, create the
     /// bridge with the subnet's first address, turn IP forwarding on and install the NAT table.
@@ -169,29 +200,8 @@ impl Network {
         firewall: Box<dyn Firewall + Send>,
     ) -> Result<Network, NetError> {
         let subnet = manifest.network.subnet;
-        let declared: BTreeMap<String, Declared> = manifest
-            .containers
-            .iter()
-            .map(|(name, c)| {
-                (
-                    name.clone(),
-                    Declared {
-                        mode: c.network,
-                        hostname: c.hostname_or(name).to_owned(),
-                        ports: c.ports.clone(),
-                    },
-                )
-            })
-            .collect();
-        let requests: Vec<ipam::Request> = manifest
-            .containers
-            .iter()
-            .filter(|(_, c)| c.network == NetworkMode::Bridge)
-            .map(|(name, c)| ipam::Request {
-                name: name.clone(),
-                pinned: c.ip,
-            })
-            .collect();
+        let declared = declared_of(manifest);
+        let requests = ipam_requests(manifest);
         let addresses = ipam::assign(&ipam::addresses_file(&config.state_dir), subnet, &requests)
             .map_err(NetError::Ipam)?;
         let mut network = Network {
@@ -351,35 +361,14 @@ impl Network {
                 wanted: manifest.network.subnet.to_string(),
             });
         }
-        let requests: Vec<ipam::Request> = manifest
-            .containers
-            .iter()
-            .filter(|(_, c)| c.network == NetworkMode::Bridge)
-            .map(|(name, c)| ipam::Request {
-                name: name.clone(),
-                pinned: c.ip,
-            })
-            .collect();
+        let requests = ipam_requests(manifest);
         self.addresses = ipam::assign(
             &ipam::addresses_file(&self.config.state_dir),
             self.subnet,
             &requests,
         )
         .map_err(NetError::Ipam)?;
-        self.declared = manifest
-            .containers
-            .iter()
-            .map(|(name, c)| {
-                (
-                    name.clone(),
-                    Declared {
-                        mode: c.network,
-                        hostname: c.hostname_or(name).to_owned(),
-                        ports: c.ports.clone(),
-                    },
-                )
-            })
-            .collect();
+        self.declared = declared_of(manifest);
         if !requests.is_empty() && !self.bridge_up {
             self.bridge()?;
         }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::digest::{chain_ids, sha256_hex};
 use super::staging::remove_tree;
-use super::{io_err, parse_config, parse_manifest, refs, Store, StoreError};
+use super::{io_err, Store, StoreError};
 
 /// One image in the store, for listings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,17 +169,8 @@ impl Store {
 
     /// What ref `name` keeps alive.
     fn reach(&self, name: &str) -> Result<Reach, StoreError> {
-        let manifest_digest =
-            refs::read(&self.root.join("refs"), name)?.ok_or_else(|| StoreError::UnknownImage {
-                name: name.to_string(),
-                root: self.root.clone(),
-            })?;
-        let manifest = parse_manifest(
-            &self.blobs.read_verified(&manifest_digest)?,
-            &manifest_digest,
-        )?;
+        let (manifest_digest, manifest, config) = self.documents(name)?;
         let config_digest = manifest.config().digest().to_string();
-        let config = parse_config(&self.blobs.read_verified(&config_digest)?, &config_digest)?;
         let mut blobs = vec![manifest_digest.clone(), config_digest];
         blobs.extend(manifest.layers().iter().map(|l| l.digest().to_string()));
         let layer_hexes = chain_ids(config.rootfs().diff_ids())

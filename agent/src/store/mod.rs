@@ -457,11 +457,12 @@ impl Store {
         })
     }
 
-    /// Look up an imported image by name.
-    ///
-    /// Reads the ref, the manifest and the config back from `blobs/` (checking their digests)
-    /// and checks that every layer directory is present. Nothing is re-imported.
-    pub fn image(&self, name: &str) -> Result<StoredImage, StoreError> {
+    /// The ref `name`'s manifest digest, manifest and config, read back from `blobs/` with
+    /// their digests checked.
+    fn documents(
+        &self,
+        name: &str,
+    ) -> Result<(String, ImageManifest, ImageConfiguration), StoreError> {
         let manifest_digest =
             refs::read(&self.root.join("refs"), name)?.ok_or_else(|| StoreError::UnknownImage {
                 name: name.to_string(),
@@ -473,6 +474,15 @@ impl Store {
         )?;
         let config_digest = manifest.config().digest().to_string();
         let config = parse_config(&self.blobs.read_verified(&config_digest)?, &config_digest)?;
+        Ok((manifest_digest, manifest, config))
+    }
+
+    /// Look up an imported image by name.
+    ///
+    /// Reads the ref, the manifest and the config back from `blobs/` (checking their digests)
+    /// and checks that every layer directory is present. Nothing is re-imported.
+    pub fn image(&self, name: &str) -> Result<StoredImage, StoreError> {
+        let (manifest_digest, manifest, config) = self.documents(name)?;
         let diff_ids = config.rootfs().diff_ids();
         if diff_ids.len() != manifest.layers().len() {
             return Err(StoreError::DiffIdCount {

@@ -104,6 +104,21 @@ pub fn memory(value: &toml::Value) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// The multiplier of a size suffix: none, `K`/`M`/`G` (powers of 1000) or `Ki`/`Mi`/`Gi`
+/// (powers of 1024), as in Kubernetes.
+pub(super) fn size_unit(unit: &str) -> Option<u64> {
+    Some(match unit {
+        "" => 1,
+        "K" => 1000,
+        "M" => 1000 * 1000,
+        "G" => 1000 * 1000 * 1000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return None,
+    })
+}
+
 fn memory_text(text: &str) -> Result<u64, String> {
     let hint = "write a number with one of the suffixes K, M, G (10^3, 10^6, 10^9) or Ki, Mi, Gi (2^10, 2^20, 2^30), e.g. \"64Mi\", or a number of bytes";
     let trimmed = text.trim();
@@ -116,15 +131,9 @@ fn memory_text(text: &str) -> Result<u64, String> {
             "`memory` {text:?} does not start with a number; {hint}"
         ));
     }
-    let multiplier: u64 = match unit {
-        "" => 1,
-        "K" => 1000,
-        "M" => 1000 * 1000,
-        "G" => 1000 * 1000 * 1000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        _ => {
+    let multiplier: u64 = match size_unit(unit) {
+        Some(m) => m,
+        None => {
             let upper = unit.trim().to_ascii_uppercase();
             let suggestion = match upper.trim_end_matches('B') {
                 "K" | "M" | "G" => {

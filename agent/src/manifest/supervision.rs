@@ -242,20 +242,9 @@ pub fn log_max_size(value: &toml::Value) -> Result<u64, String> {
             let n: u64 = digits
                 .parse()
                 .map_err(|_| format!("`log_max_size` {text:?} is not a size; {hint}"))?;
-            let multiplier: u64 = match unit {
-                "" => 1,
-                "K" => 1000,
-                "M" => 1000 * 1000,
-                "G" => 1000 * 1000 * 1000,
-                "Ki" => 1 << 10,
-                "Mi" => 1 << 20,
-                "Gi" => 1 << 30,
-                _ => {
-                    return Err(format!(
-                        "`log_max_size` {text:?} has an unknown unit {unit:?}; {hint}"
-                    ))
-                }
-            };
+            let multiplier = super::limits::size_unit(unit).ok_or_else(|| {
+                format!("`log_max_size` {text:?} has an unknown unit {unit:?}; {hint}")
+            })?;
             n.checked_mul(multiplier)
                 .ok_or_else(|| format!("`log_max_size` {text:?} is too large; {hint}"))?
         }

@@ -69,7 +69,7 @@ command = ["/bin/sh", "-c", "mkdir -p /www && echo hello-from-server > /www/inde
 image = "busybox"
 command = ["/bin/sh", "-c", '''
 for i in $(seq 1 100); do
-  if out=$(wget -q -O - http://server/); then echo "by-name: $out"; break; fi
+  if out=$(wget -q -T 2 -O - http://server/); then echo "by-name: $out"; break; fi
   sleep 0.2
 done
 ping -c 1 -W 2 server >/dev/null && echo "ping-ok"
@@ -81,7 +81,7 @@ image = "busybox"
 command = ["/bin/sh", "-c", '''
 trap 'exit 0' TERM
 for i in $(seq 1 300); do
-  if out=$(wget -q -O - http://192.168.250.2:8081/); then echo "egress: $out"; break; fi
+  if out=$(wget -q -T 2 -O - http://192.168.250.2:8081/); then echo "egress: $out"; break; fi
   sleep 0.2
 done
 sleep 1000 & wait

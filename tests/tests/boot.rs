@@ -32,6 +32,13 @@ fn demo_boots_serves_http_and_powers_off_in_order() {
 
     guest.wait_for("berth: init started", BOOT).unwrap();
     guest.wait_for("berth: agent started", STEP).unwrap();
+    // No `ip=` on the command line: the agent's DHCP client gets QEMU's address.
+    let network = guest.wait_for("berth: network nic=", STEP).unwrap();
+    assert!(
+        network.contains("nic=eth0 address=10.0.2.15/24 gateway=10.0.2.2 dns=10.0.2.3 ")
+            && network.contains(" source=dhcp"),
+        "network line: {network}"
+    );
     // The one-shot container's output, prefixed with its name, then its exit line.
     // Container lines interleave in any order (hello's exit is reaped after `ready`).
     for line in [

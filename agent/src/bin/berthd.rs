@@ -148,6 +148,9 @@ fn main() -> ExitCode {
     let mut host_net = None;
     if host_network && config_source::boot::needs_network(&paths) {
         host_net = start_host_network(&HostNetwork::default());
+        if let Some(host) = &host_net {
+            host.wait_configured(HOST_NETWORK_WAIT);
+        }
     }
     let mut waiter = None;
     let mut network_manifest = None;

@@ -29,10 +29,7 @@ use crate::manifest::{HostAddressing, HostNetwork};
 #[derive(Debug, thiserror::Error)]
 pub enum HostNetError {
     /// No interface to configure.
-    #[error("{}", match wanted {
-        Some(name) => format!("[host.network] interface {name:?} does not exist; interfaces: {}", list.join(", ")),
-        None => format!("no Ethernet interface to configure (interfaces: {}); set [host.network] interface, or mode = \"off\"", list.join(", ")),
-    })]
+    #[error("{}", no_interface(.wanted.as_deref(), .list))]
     NoInterface {
         /// The manifest's `interface`, if any.
         wanted: Option<String>,
@@ -74,6 +71,19 @@ pub enum HostNetError {
     /// A DHCP packet could not be built.
     #[error(transparent)]
     Dhcp(#[from] dhcp::DhcpError),
+}
+
+fn no_interface(wanted: Option<&str>, list: &[String]) -> String {
+    match wanted {
+        Some(name) => format!(
+            "[host.network] interface {name:?} does not exist; interfaces: {}",
+            list.join(", ")
+        ),
+        None => format!(
+            "no Ethernet interface to configure (interfaces: {}); set [host.network] interface, or mode = \"off\"",
+            list.join(", ")
+        ),
+    }
 }
 
 /// What the interface was given: an address and the rest.

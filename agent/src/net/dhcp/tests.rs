@@ -37,6 +37,13 @@ fn sent(actions: &[Action]) -> Vec<(Outgoing, Destination)> {
         .collect()
 }
 
+/// The one message `actions` sends.
+fn one(actions: &[Action]) -> (Outgoing, Destination) {
+    let mut all = sent(actions);
+    assert_eq!(all.len(), 1, "{actions:?}");
+    all.remove(0)
+}
+
 /// A machine bound at t=10 s to a 100 s lease (T1 = 50 s, T2 = 87.5 s).
 fn bound() -> (Machine, Lease) {
     let mut m = Machine::new(7);
@@ -54,17 +61,15 @@ fn bound() -> (Machine, Lease) {
 fn discover_offer_request_ack_configures_the_lease() {
     let mut m = Machine::new(7);
     let actions = m.start(s(0));
-    let [(discover, Destination::Broadcast)] = sent(&actions).as_slice() else {
-        panic!("{actions:?}");
-    };
+    let (discover, to) = one(&actions);
+    assert_eq!(to, Destination::Broadcast);
     assert_eq!(discover.kind, RequestKind::Discover);
     assert_eq!(discover.ciaddr, Ipv4Addr::UNSPECIFIED);
     let xid = discover.xid;
 
     let actions = m.on_reply(s(1), &reply(ReplyKind::Offer, xid));
-    let [(request, Destination::Broadcast)] = sent(&actions).as_slice() else {
-        panic!("{actions:?}");
-    };
+    let (request, to) = one(&actions);
+    assert_eq!(to, Destination::Broadcast);
     assert_eq!(request.kind, RequestKind::Request);
     assert_eq!(request.xid, xid);
     assert_eq!(request.requested, Some(ADDR));
@@ -135,9 +140,8 @@ fn nak_while_requesting_starts_over() {
     let xid = sent(&m.start(s(0)))[0].0.xid;
     m.on_reply(s(1), &reply(ReplyKind::Offer, xid));
     let actions = m.on_reply(s(2), &reply(ReplyKind::Nak, xid));
-    let [(discover, Destination::Broadcast)] = sent(&actions).as_slice() else {
-        panic!("{actions:?}");
-    };
+    let (discover, to) = one(&actions);
+    assert_eq!(to, Destination::Broadcast);
     assert_eq!(discover.kind, RequestKind::Discover);
     assert_ne!(discover.xid, xid, "a new transaction");
     assert!(matches!(m.state(), State::Selecting { .. }));
@@ -165,10 +169,10 @@ fn renewal_at_t1_is_unicast_to_the_server_and_extends_the_lease() {
     assert_eq!(m.deadline(), Some(s(60)));
     assert!(m.on_timer(s(59)).is_empty());
     let actions = m.on_timer(s(60));
-    let [(renew, Destination::Unicast(to))] = sent(&actions).as_slice() else {
+    let (renew, Destination::Unicast(to)) = one(&actions) else {
         panic!("{actions:?}");
     };
-    assert_eq!(*to, SERVER);
+    assert_eq!(to, SERVER);
     assert_eq!(renew.kind, RequestKind::Request);
     assert_eq!(renew.ciaddr, ADDR);
     assert_eq!((renew.requested, renew.server), (None, None));
@@ -221,15 +225,12 @@ fn the_rebinding_request_is_broadcast_with_ciaddr() {
     let (mut m, _) = bound();
     let actions = m.on_timer(s(60));
     assert!(matches!(sent(&actions)[0].1, Destination::Unicast(_)));
-    let mut now = s(60);
     let mut last = Vec::new();
     while !matches!(m.state(), State::Rebinding { .. }) {
-        now = m.deadline().unwrap();
-        last = m.on_timer(now);
+        last = m.on_timer(m.deadline().unwrap());
     }
-    let [(rebind, Destination::Broadcast)] = sent(&last).as_slice() else {
-        panic!("{last:?}");
-    };
+    let (rebind, to) = one(&last);
+    assert_eq!(to, Destination::Broadcast);
     assert_eq!(rebind.ciaddr, ADDR);
 }
 

@@ -197,17 +197,26 @@ fn the_agent_leases_renews_and_loses_an_address_from_udhcpd() {
     );
     assert_eq!(lease.prefix, 24);
     assert_eq!(lease.gateway, Some("192.168.77.1".parse().unwrap()));
-    assert_eq!(lease.dns, ["192.168.77.53".parse::<std::net::Ipv4Addr>().unwrap()]);
+    assert_eq!(
+        lease.dns,
+        ["192.168.77.53".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
     assert_eq!(lease.mtu, 1400);
     assert_eq!(lease.lease, Some(Duration::from_secs(20)));
     assert_eq!(host.current(), Some(lease.clone()));
 
     // What the kernel of the client namespace has now.
     let addr = ip(&rig.client_ns, &["-4", "addr", "show", "dev", "cli0"]);
-    assert!(addr.contains(&format!("inet {}/24", lease.address)), "{addr}");
+    assert!(
+        addr.contains(&format!("inet {}/24", lease.address)),
+        "{addr}"
+    );
     assert!(addr.contains("mtu 1400"), "{addr}");
     let route = ip(&rig.client_ns, &["-4", "route", "show", "default"]);
-    assert!(route.contains("default via 192.168.77.1 dev cli0"), "{route}");
+    assert!(
+        route.contains("default via 192.168.77.1 dev cli0"),
+        "{route}"
+    );
     let text = std::fs::read_to_string(&resolv).unwrap();
     assert!(text.contains("nameserver 192.168.77.53\n"), "{text}");
     assert!(text.contains("search berth.test\n"), "{text}");

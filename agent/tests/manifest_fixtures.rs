@@ -97,7 +97,7 @@ const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
     ("host-network-gateway-outside.toml", 6, 11, ErrorKind::InvalidValue, "gateway 192.168.2.1 is outside the host's subnet 192.168.1.0/24"),
     ("host-network-bad-mode.toml", 4, 8, ErrorKind::InvalidValue, "[host.network] mode \"manual\" is not known; write mode = \"dhcp\""),
     ("host-network-address-with-dhcp.toml", 4, 11, ErrorKind::InvalidValue, "`address` applies to mode = \"static\" only, but the mode is \"dhcp\""),
-    ("host-network-bad-dns.toml", 4, 21, ErrorKind::InvalidValue, "dns[1] \"dns.example.com\" is not an IPv4 address"),
+    ("host-network-bad-dns.toml", 4, 20, ErrorKind::InvalidValue, "dns[1] \"dns.example.com\" is not an IPv4 address"),
     ("host-network-unknown-key.toml", 5, 1, ErrorKind::UnknownKey, "unknown key `adress`"),
     ("host-network-bad-mtu.toml", 4, 7, ErrorKind::InvalidValue, "mtu 9 is outside 576..=65535"),
     ("host-network-bad-interface.toml", 4, 13, ErrorKind::InvalidValue, "interface \"eth0/1\" is not an interface name"),
@@ -328,7 +328,10 @@ fn host_network_keys_are_read() {
                 gateway: Some(Ipv4Addr::new(192, 168, 1, 1)),
             },
             interface: Some("eth0".into()),
-            dns: Some(vec![Ipv4Addr::new(192, 168, 1, 1), Ipv4Addr::new(1, 1, 1, 1)]),
+            dns: Some(vec![
+                Ipv4Addr::new(192, 168, 1, 1),
+                Ipv4Addr::new(1, 1, 1, 1)
+            ]),
             mtu: Some(1500),
         }
     );
@@ -336,7 +339,10 @@ fn host_network_keys_are_read() {
     assert_eq!(dhcp.addressing, HostAddressing::Dhcp);
     assert_eq!(dhcp.dns, Some(vec![Ipv4Addr::new(9, 9, 9, 9)]));
     assert_eq!(dhcp.mtu, Some(1400));
-    assert_eq!(load("host-network-off.toml").addressing, HostAddressing::Off);
+    assert_eq!(
+        load("host-network-off.toml").addressing,
+        HostAddressing::Off
+    );
     // Without [host.network]: DHCP on the first Ethernet interface.
     assert_eq!(load("minimal.toml"), HostNetwork::default());
 }

@@ -164,14 +164,22 @@ pub fn host_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
         .parse()
         .ok()
         .filter(|p| (1..=32).contains(p))
-        .ok_or_else(|| format!("address {s:?}: prefix length {prefix:?} is not a number from 1 to 32; {example}"))?;
+        .ok_or_else(|| {
+            format!(
+                "address {s:?}: prefix length {prefix:?} is not a number from 1 to 32; {example}"
+            )
+        })?;
     if prefix <= 30 {
         let net = Subnet {
             network: Ipv4Addr::from(u32::from(ip) & Subnet::mask_of(prefix)),
             prefix,
         };
         if ip == net.network || ip == net.broadcast() {
-            let which = if ip == net.network { "network" } else { "broadcast" };
+            let which = if ip == net.network {
+                "network"
+            } else {
+                "broadcast"
+            };
             return Err(format!(
                 "address {s:?} is the {which} address of {net}, not a host address; pick one from {} to {}",
                 Ipv4Addr::from(u32::from(net.network) + 1),

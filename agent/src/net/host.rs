@@ -403,7 +403,9 @@ impl HostNet {
             }
             HostAddressing::Dhcp => {
                 let nic = choose_interface(netlink.as_mut(), settings.interface.as_deref())?;
-                let mac = nic.mac.ok_or_else(|| HostNetError::NoMac(nic.name.clone()))?;
+                let mac = nic
+                    .mac
+                    .ok_or_else(|| HostNetError::NoMac(nic.name.clone()))?;
                 netlink
                     .set_up(&nic.name)
                     .map_err(|source| HostNetError::Netlink {
@@ -411,12 +413,13 @@ impl HostNet {
                         what: "bring it up".into(),
                         source,
                     })?;
-                let socket = Arc::new(client_socket(&nic.name).map_err(|source| {
-                    HostNetError::Socket {
-                        nic: nic.name.clone(),
-                        source,
-                    }
-                })?);
+                let socket =
+                    Arc::new(
+                        client_socket(&nic.name).map_err(|source| HostNetError::Socket {
+                            nic: nic.name.clone(),
+                            source,
+                        })?,
+                    );
                 let client = Client {
                     nic,
                     mac,
@@ -560,7 +563,11 @@ impl Client {
                         actions = machine.on_reply(start.elapsed(), &reply);
                     }
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => {
                     (self.observer)(&HostEvent::Failed(format!(
                         "nic={}: DHCP receive failed: {e}",
@@ -624,7 +631,11 @@ impl Client {
 
     fn configure(&mut self, lease: &Lease, renewed: bool) {
         let how = Addressing::of_lease(lease, &self.settings);
-        let dns = self.settings.dns.clone().unwrap_or_else(|| lease.dns.clone());
+        let dns = self
+            .settings
+            .dns
+            .clone()
+            .unwrap_or_else(|| lease.dns.clone());
         let result = apply(self.netlink.as_mut(), &self.nic, &how).and_then(|mtu| {
             write_resolv_conf(
                 &self.resolv_conf,
@@ -663,7 +674,8 @@ impl Client {
 /// errors as error lines, and the `network_up` timeline phase at the first address.
 pub fn console_observer() -> Observer {
     let mut marked = false;
-    Box::new(move |event| match event {
+    Box::new(move |event| {
+        match event {
         HostEvent::Configured(c) => {
             crate::console::emit_line(&c.console_line(false));
             if !marked {
@@ -678,6 +690,7 @@ pub fn console_observer() -> Observer {
         HostEvent::Failed(what) => crate::console::emit(&crate::console::Event::Error {
             what: format!("host network: {what}"),
         }),
+    }
     })
 }
 

@@ -65,14 +65,11 @@ pub trait NetlinkClient {
     /// Set a link's MTU.
     fn set_mtu(&mut self, name: &str, mtu: u32) -> Result<(), NetlinkError>;
     /// Remove an IPv4 address.
-    fn delete_address(&mut self, name: &str, ip: Ipv4Addr, prefix: u8)
-        -> Result<(), NetlinkError>;
+    fn delete_address(&mut self, name: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError>;
     /// Add or replace the default route: via `gateway` out of link `name`.
-    fn replace_default_route(&mut self, name: &str, gateway: Ipv4Addr)
-        -> Result<(), NetlinkError>;
+    fn replace_default_route(&mut self, name: &str, gateway: Ipv4Addr) -> Result<(), NetlinkError>;
     /// Remove the default route via `gateway` out of link `name`.
-    fn delete_default_route(&mut self, name: &str, gateway: Ipv4Addr)
-        -> Result<(), NetlinkError>;
+    fn delete_default_route(&mut self, name: &str, gateway: Ipv4Addr) -> Result<(), NetlinkError>;
     /// Whether a link with this name exists.
     fn link_exists(&mut self, name: &str) -> Result<bool, NetlinkError>;
     /// Create a bridge (fails with EEXIST when it exists).
@@ -253,30 +250,17 @@ impl NetlinkClient for RecordingNetlink {
         self.need(name)
     }
 
-    fn delete_address(
-        &mut self,
-        name: &str,
-        ip: Ipv4Addr,
-        prefix: u8,
-    ) -> Result<(), NetlinkError> {
+    fn delete_address(&mut self, name: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
         self.record(format!("delete_address {name} {ip}/{prefix}"))?;
         self.need(name)
     }
 
-    fn replace_default_route(
-        &mut self,
-        name: &str,
-        gateway: Ipv4Addr,
-    ) -> Result<(), NetlinkError> {
+    fn replace_default_route(&mut self, name: &str, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
         self.record(format!("replace_default_route via {gateway} dev {name}"))?;
         self.need(name)
     }
 
-    fn delete_default_route(
-        &mut self,
-        name: &str,
-        gateway: Ipv4Addr,
-    ) -> Result<(), NetlinkError> {
+    fn delete_default_route(&mut self, name: &str, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
         self.record(format!("delete_default_route via {gateway} dev {name}"))?;
         self.need(name)
     }

@@ -10,8 +10,8 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -254,12 +254,7 @@ impl NetlinkClient for RtNetlink {
         })
     }
 
-    fn delete_address(
-        &mut self,
-        name: &str,
-        ip: Ipv4Addr,
-        prefix: u8,
-    ) -> Result<(), NetlinkError> {
+    fn delete_address(&mut self, name: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
         let index = self.need(name)?;
         let mut msg = AddressMessage::default();
         msg.header.family = AddressFamily::Inet;
@@ -276,11 +271,7 @@ impl NetlinkClient for RtNetlink {
         .map(drop)
     }
 
-    fn replace_default_route(
-        &mut self,
-        name: &str,
-        gateway: Ipv4Addr,
-    ) -> Result<(), NetlinkError> {
+    fn replace_default_route(&mut self, name: &str, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
         let index = self.need(name)?;
         self.request(
             &format!("set the default route via {gateway} dev {name}"),
@@ -290,11 +281,7 @@ impl NetlinkClient for RtNetlink {
         .map(drop)
     }
 
-    fn delete_default_route(
-        &mut self,
-        name: &str,
-        gateway: Ipv4Addr,
-    ) -> Result<(), NetlinkError> {
+    fn delete_default_route(&mut self, name: &str, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
         let index = self.need(name)?;
         let mut msg = default_route(index, gateway, RouteScope::NoWhere);
         msg.header.protocol = RouteProtocol::Unspec;

@@ -98,7 +98,9 @@ fn discover_offer_request_ack_configures_the_lease() {
 fn offer_selection_skips_other_transactions_and_unusable_offers() {
     let mut m = Machine::new(1);
     let xid = sent(&m.start(s(0)))[0].0.xid;
-    assert!(m.on_reply(s(1), &reply(ReplyKind::Offer, xid ^ 1)).is_empty());
+    assert!(m
+        .on_reply(s(1), &reply(ReplyKind::Offer, xid ^ 1))
+        .is_empty());
     let mut no_address = reply(ReplyKind::Offer, xid);
     no_address.yiaddr = Ipv4Addr::UNSPECIFIED;
     assert!(m.on_reply(s(1), &no_address).is_empty());
@@ -179,7 +181,10 @@ fn renewal_at_t1_is_unicast_to_the_server_and_extends_the_lease() {
     assert!(matches!(m.state(), State::Renewing { .. }));
     // No answer: retransmitted halfway to T2 (97.5 s).
     let retry = m.deadline().unwrap();
-    assert!(retry > s(60) && retry < Duration::from_millis(97_500), "{retry:?}");
+    assert!(
+        retry > s(60) && retry < Duration::from_millis(97_500),
+        "{retry:?}"
+    );
     let again = sent(&m.on_timer(retry));
     assert_eq!(again[0].0.xid, renew.xid);
     let mut ack = reply(ReplyKind::Ack, renew.xid);
@@ -217,7 +222,11 @@ fn rebinding_at_t2_broadcasts_and_any_server_may_answer() {
     let [Action::Renewed(lease)] = actions.as_slice() else {
         panic!("{actions:?}");
     };
-    assert_eq!(lease.server, Ipv4Addr::new(10, 0, 2, 4), "renewals go there now");
+    assert_eq!(
+        lease.server,
+        Ipv4Addr::new(10, 0, 2, 4),
+        "renewals go there now"
+    );
 }
 
 #[test]
@@ -334,7 +343,10 @@ fn requests_encode_to_what_a_server_reads() {
     assert_eq!(msg.xid(), 0xdead_beef);
     assert_eq!(msg.secs(), 3);
     assert_eq!(&msg.chaddr()[..6], &MAC);
-    assert!(msg.flags().broadcast(), "no address yet: answers must be broadcast");
+    assert!(
+        msg.flags().broadcast(),
+        "no address yet: answers must be broadcast"
+    );
     let opts = msg.opts();
     assert_eq!(opts.msg_type(), Some(MessageType::Request));
     assert_eq!(

@@ -39,7 +39,10 @@ fn lease() -> Lease {
 fn the_first_ethernet_interface_is_chosen_unless_one_is_named() {
     let mut nl = fake();
     assert_eq!(choose_interface(&mut nl, None).unwrap().name, "eth0");
-    assert_eq!(choose_interface(&mut nl, Some("eth1")).unwrap().name, "eth1");
+    assert_eq!(
+        choose_interface(&mut nl, Some("eth1")).unwrap().name,
+        "eth1"
+    );
     let e = choose_interface(&mut nl, Some("ens3")).unwrap_err();
     assert_eq!(
         e.to_string(),
@@ -47,7 +50,11 @@ fn the_first_ethernet_interface_is_chosen_unless_one_is_named() {
     );
     let mut bare = RecordingNetlink::default();
     let e = choose_interface(&mut bare, None).unwrap_err();
-    assert!(e.to_string().starts_with("no Ethernet interface to configure (interfaces: lo)"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("no Ethernet interface to configure (interfaces: lo)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -130,9 +137,19 @@ fn resolv_conf_is_replaced_atomically_even_over_a_symlink() {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(&target, &path).unwrap();
     write_resolv_conf(&path, "nameserver 10.0.2.3\n").unwrap();
-    assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "nameserver 10.0.2.3\n");
-    assert_eq!(std::fs::read_to_string(&target).unwrap(), "nameserver 9.9.9.9\n", "not written through");
+    assert!(!std::fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "nameserver 10.0.2.3\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "nameserver 9.9.9.9\n",
+        "not written through"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "no temporary file left");
 }
@@ -226,5 +243,7 @@ fn console_lines_for_a_lease_and_a_renewal() {
         c.console_line(false),
         "berth: network nic=eth0 address=10.0.2.15/24 gateway=10.0.2.2 dns=10.0.2.3 mtu=1500 lease=86400s source=dhcp"
     );
-    assert!(c.console_line(true).starts_with("berth: network nic=eth0 renewed address=10.0.2.15/24 "));
+    assert!(c
+        .console_line(true)
+        .starts_with("berth: network nic=eth0 renewed address=10.0.2.15/24 "));
 }

@@ -154,7 +154,27 @@ fn main() -> ExitCode {
     }
     let mut waiter = None;
     let mut network_manifest = None;
-    let loaded = config_source::boot::load(&paths).map(|selection| {
+    let selection = config_source::boot::load(&paths);
+    // The host NIC as the chosen manifest says (DHCP without one), before images are pulled.
+    if host_network {
+        let wanted = selection
+            .as_ref()
+            .map(|s| s.manifest.host.network.clone())
+            .unwrap_or_default();
+        host_net = match host_net {
+            Some(running) if running.settings() == &wanted => Some(running),
+            Some(running) => {
+                running.stop();
+                start_host_network(&wanted)
+            }
+            None => start_host_network(&wanted),
+        };
+    }
+    let host_mtu = host_net
+        .as_ref()
+        .and_then(|h| h.wait_configured(HOST_NETWORK_WAIT))
+        .map(|c| c.mtu);
+    let loaded = selection.map(|selection| {
         supervisor::boot::prepare_manifest(selection.manifest, &base_dir, &state_dir)
     });
     let (plans, remote_api) = match loaded {
@@ -191,25 +211,6 @@ fn main() -> ExitCode {
             (None, None)
         }
     };
-
-    if host_network {
-        let wanted = network_manifest
-            .as_ref()
-            .map(|m| m.host.network.clone())
-            .unwrap_or_default();
-        host_net = match host_net {
-            Some(running) if running.settings() == &wanted => Some(running),
-            Some(running) => {
-                running.stop();
-                start_host_network(&wanted)
-            }
-            None => start_host_network(&wanted),
-        };
-    }
-    let host_mtu = host_net
-        .as_ref()
-        .and_then(|h| h.wait_configured(HOST_NETWORK_WAIT))
-        .map(|c| c.mtu);
 
     let cgroups = Cgroups::probe(&cgroup_root);
     if let Some(what) = cgroups.warning() {

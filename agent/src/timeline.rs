@@ -3,8 +3,8 @@
 //! guessed.
 //!
 //! PID 1 prints `pid1_started` and `state_mounted` itself and hands both to berthd in
-//! `BERTH_TIMELINE`; berthd adds `agent_started`, `manifest_loaded`, `network_up` (when its
-//! network code marks it), `container_running name=...` per container and `ready`, derived
+//! `BERTH_TIMELINE`; berthd adds `agent_started`, `manifest_loaded`, `network_up` (when the
+//! host NIC has its address: `net::host` marks it), `container_running name=...` per container and `ready`, derived
 //! from the console events as they are printed, then one summary line and a footprint line
 //! (PID 1 and agent RSS). Only a berthd started by PID 1 (which sets the variable) prints
 //! them. The clock and /proc reads sit behind [`Clock`] and plain functions so the lines are
@@ -227,8 +227,8 @@ pub fn after(event: &Event<'_>) -> Vec<String> {
     lines
 }
 
-/// Print and record a phase the console events do not show (e.g. `network_up`, for the
-/// network setup to call once the host network is configured). Does nothing unless PID 1 set
+/// Print and record a phase the console events do not show (e.g. `network_up`, marked by
+/// `net::host` once the host NIC has its address). Does nothing unless PID 1 set
 /// [`ENV`].
 pub fn mark(phase: &str) {
     let Ok(mut guard) = TIMELINE.lock() else {

@@ -91,6 +91,16 @@ const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
     ("healthcheck-bad-port.toml", 8, 38, ErrorKind::InvalidValue, "container \"web\": healthcheck: port 70000 is not a TCP port"),
     ("healthcheck-path-on-tcp.toml", 8, 49, ErrorKind::InvalidValue, "healthcheck: `path` does not apply to a tcp check; remove it"),
     ("healthcheck-exec-no-command.toml", 8, 24, ErrorKind::MissingKey, "an exec check needs `command`"),
+    ("host-network-static-no-address.toml", 7, 8, ErrorKind::MissingKey, "[host.network] mode = \"static\" needs `address`: add address = \"192.168.1.10/24\""),
+    ("host-network-address-no-prefix.toml", 5, 11, ErrorKind::InvalidValue, "address \"192.168.1.10\" has no prefix length; write the address with its prefix length"),
+    ("host-network-network-address.toml", 5, 11, ErrorKind::InvalidValue, "is the network address of 192.168.1.0/24, not a host address; pick one from 192.168.1.1 to 192.168.1.254"),
+    ("host-network-gateway-outside.toml", 6, 11, ErrorKind::InvalidValue, "gateway 192.168.2.1 is outside the host's subnet 192.168.1.0/24"),
+    ("host-network-bad-mode.toml", 4, 8, ErrorKind::InvalidValue, "[host.network] mode \"manual\" is not known; write mode = \"dhcp\""),
+    ("host-network-address-with-dhcp.toml", 4, 11, ErrorKind::InvalidValue, "`address` applies to mode = \"static\" only, but the mode is \"dhcp\""),
+    ("host-network-bad-dns.toml", 4, 20, ErrorKind::InvalidValue, "dns[1] \"dns.example.com\" is not an IPv4 address"),
+    ("host-network-unknown-key.toml", 5, 1, ErrorKind::UnknownKey, "unknown key `adress`"),
+    ("host-network-bad-mtu.toml", 4, 7, ErrorKind::InvalidValue, "mtu 9 is outside 576..=65535"),
+    ("host-network-bad-interface.toml", 4, 13, ErrorKind::InvalidValue, "interface \"eth0/1\" is not an interface name"),
 ];
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
@@ -296,4 +306,43 @@ fn the_demo_manifest_is_valid() {
         .collect();
     assert_eq!(ports, ["8080:80"]);
     assert_eq!(m.network.subnet.to_string(), "10.88.0.0/24");
+}
+
+#[test]
+fn host_network_keys_are_read() {
+    use berth_agent::manifest::{HostAddressing, HostNetwork};
+    use std::net::Ipv4Addr;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/manifests/valid");
+    let load = |f: &str| {
+        Manifest::load(&dir.join(f))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .host
+            .network
+    };
+    assert_eq!(
+        load("host-network-static.toml"),
+        HostNetwork {
+            addressing: HostAddressing::Static {
+                address: Ipv4Addr::new(192, 168, 1, 10),
+                prefix: 24,
+                gateway: Some(Ipv4Addr::new(192, 168, 1, 1)),
+            },
+            interface: Some("eth0".into()),
+            dns: Some(vec![
+                Ipv4Addr::new(192, 168, 1, 1),
+                Ipv4Addr::new(1, 1, 1, 1)
+            ]),
+            mtu: Some(1500),
+        }
+    );
+    let dhcp = load("host-network-dhcp.toml");
+    assert_eq!(dhcp.addressing, HostAddressing::Dhcp);
+    assert_eq!(dhcp.dns, Some(vec![Ipv4Addr::new(9, 9, 9, 9)]));
+    assert_eq!(dhcp.mtu, Some(1400));
+    assert_eq!(
+        load("host-network-off.toml").addressing,
+        HostAddressing::Off
+    );
+    // Without [host.network]: DHCP on the first Ethernet interface.
+    assert_eq!(load("minimal.toml"), HostNetwork::default());
 }

@@ -10,7 +10,7 @@ use std::process::Command;
 /// Debian's (`systemd-boot-efi`) x86-64 Linux stub.
 pub const DEFAULT_STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 /// The kernel command line the image boots with.
-pub const CMDLINE: &str = "console=ttyS0 panic=-1 loglevel=4 ip=dhcp";
+pub const CMDLINE: &str = "console=ttyS0 panic=-1 loglevel=4";
 
 /// Errors making a UKI.
 #[derive(Debug, thiserror::Error)]

@@ -196,14 +196,6 @@ fn boot(pid1_started: u64) -> Pid1 {
     if let Err(e) = sys::disable_ctrl_alt_del() {
         log!("warning: {e}");
     }
-    // The kernel's DHCP client (`ip=dhcp`) publishes the DNS servers it was given in
-    // /proc/net/pnp, in resolv.conf syntax: use it as the host's resolver configuration.
-    let resolv = std::path::Path::new("/etc/resolv.conf");
-    if !resolv.exists() && std::path::Path::new("/proc/net/pnp").exists() {
-        if let Err(e) = std::os::unix::fs::symlink("/proc/net/pnp", resolv) {
-            log!("warning: cannot link /etc/resolv.conf to /proc/net/pnp: {e}");
-        }
-    }
     let mode = guarded("state partition setup", state::StateMode::Ephemeral, || {
         state::setup(&|line| console::log(line))
     });

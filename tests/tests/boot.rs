@@ -32,6 +32,13 @@ fn demo_boots_serves_http_and_powers_off_in_order() {
 
     guest.wait_for("berth: init started", BOOT).unwrap();
     guest.wait_for("berth: agent started", STEP).unwrap();
+    // No `ip=` on the command line: the agent's DHCP client gets QEMU's address.
+    let network = guest.wait_for("berth: network nic=", STEP).unwrap();
+    assert!(
+        network.contains("nic=eth0 address=10.0.2.15/24 gateway=10.0.2.2 dns=10.0.2.3 ")
+            && network.contains(" source=dhcp"),
+        "network line: {network}"
+    );
     // The one-shot container's output, prefixed with its name, then its exit line.
     // Container lines interleave in any order (hello's exit is reaped after `ready`).
     for line in [
@@ -206,6 +213,82 @@ command = ["/bin/sh", "-c", 'for i in $(seq 1 100); do if page=$(wget -q -O - ht
     guest
         .wait_for("berth: container=out state=exited code=0", STEP)
         .unwrap();
+    server.join().unwrap();
+    guest.power_button().unwrap();
+    guest.wait_for("berth: poweroff", STEP).unwrap();
+    assert!(guest.wait_exit(STEP).unwrap().success());
+}
+
+/// `[host.network] mode = "static"`: the agent gives the NIC the manifest's address, route,
+/// MTU and resolvers (no DHCP); the container's veth follows the MTU, its resolv.conf has the
+/// manifest's resolver, and its traffic still leaves through NAT to the build host.
+#[test]
+fn a_static_host_network_from_the_manifest() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request);
+            let body = "hello over a static address\n";
+            let _ = write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let manifest = format!(
+        r#"version = 1
+
+[host.network]
+mode = "static"
+address = "10.0.2.20/24"
+gateway = "10.0.2.2"
+dns = ["10.0.2.3"]
+mtu = 1400
+
+[images]
+busybox = {{ source = "oci-layout:images/busybox" }}
+
+[containers.out]
+image = "busybox"
+command = ["/bin/sh", "-c", 'ifconfig eth0 | grep -o "MTU:[0-9]*"; grep nameserver /etc/resolv.conf; for i in $(seq 1 100); do if page=$(wget -q -O - http://10.0.2.2:{port}/); then echo "outside says: $page"; exit 0; fi; sleep 0.3; done; exit 1']
+"#
+    );
+    let image = berth_tests::overlay_image(
+        &demo_image(),
+        &[("etc/berth/manifest.toml", manifest.as_bytes())],
+    )
+    .unwrap();
+    let mut guest = Guest::boot(&BootOptions {
+        image: image.path().to_path_buf(),
+        limit: QEMU_LIMIT,
+        forwards: Vec::new(),
+        append: String::new(),
+    })
+    .unwrap();
+    guest.wait_for("berth: agent started", BOOT).unwrap();
+    let network = guest.wait_for("berth: network nic=", STEP).unwrap();
+    assert!(
+        network.ends_with(
+            "berth: network nic=eth0 address=10.0.2.20/24 gateway=10.0.2.2 dns=10.0.2.3 mtu=1400 source=static"
+        ),
+        "{network}"
+    );
+    let mtu = guest.wait_for("out | MTU:", STEP).unwrap();
+    assert!(mtu.ends_with("out | MTU:1400"), "{mtu}");
+    let resolver = guest.wait_for("out | nameserver", STEP).unwrap();
+    assert!(
+        resolver.ends_with("out | nameserver 10.0.2.3"),
+        "{resolver}"
+    );
+    let line = guest.wait_for("out | outside says:", STEP).unwrap();
+    assert!(
+        line.ends_with("out | outside says: hello over a static address"),
+        "{line}"
+    );
     server.join().unwrap();
     guest.power_button().unwrap();
     guest.wait_for("berth: poweroff", STEP).unwrap();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use berth_agent::api::{self, server};
 use berth_agent::config_source;
 use berth_agent::console::{self, Event};
-use berth_agent::manifest::Manifest;
+use berth_agent::manifest::{HostNetwork, Manifest};
 use berth_agent::net;
 use berth_agent::runtime::cgroup::{self, Cgroups};
 use berth_agent::runtime::{self, init::error_chain, InitProgram, INIT_ARG};
@@ -67,6 +67,11 @@ struct Cli {
     /// only the built-in one; `auto` (default) is `on` when PID 1 started berthd.
     #[arg(long, value_enum, default_value_t = ConfigSources::Auto)]
     config_sources: ConfigSources,
+    /// Whether berthd configures the host's NIC as the manifest's [host.network] says (DHCP by
+    /// default) and writes /etc/resolv.conf; `auto` (default) is `on` when PID 1 started
+    /// berthd.
+    #[arg(long, value_enum, default_value_t = ConfigSources::Auto)]
+    host_network: ConfigSources,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -133,9 +138,43 @@ fn main() -> ExitCode {
         ConfigSources::Auto => nix::unistd::getppid().as_raw() == 1,
     };
     let paths = config_source::boot::BootPaths::host(manifest.clone(), state_dir.clone(), outside);
+    let host_network = match cli.host_network {
+        ConfigSources::On => true,
+        ConfigSources::Off => false,
+        ConfigSources::Auto => nix::unistd::getppid().as_raw() == 1,
+    };
+    // Cloud metadata is reached over the network: DHCP first (the default [host.network]); a
+    // manifest that asks for something else gets it below.
+    let mut host_net = None;
+    if host_network && config_source::boot::needs_network(&paths) {
+        host_net = start_host_network(&HostNetwork::default());
+        if let Some(host) = &host_net {
+            host.wait_configured(HOST_NETWORK_WAIT);
+        }
+    }
     let mut waiter = None;
     let mut network_manifest = None;
-    let loaded = config_source::boot::load(&paths).map(|selection| {
+    let selection = config_source::boot::load(&paths);
+    // The host NIC as the chosen manifest says (DHCP without one), before images are pulled.
+    if host_network {
+        let wanted = selection
+            .as_ref()
+            .map(|s| s.manifest.host.network.clone())
+            .unwrap_or_default();
+        host_net = match host_net {
+            Some(running) if running.settings() == &wanted => Some(running),
+            Some(running) => {
+                running.stop();
+                start_host_network(&wanted)
+            }
+            None => start_host_network(&wanted),
+        };
+    }
+    let host_mtu = host_net
+        .as_ref()
+        .and_then(|h| h.wait_configured(HOST_NETWORK_WAIT))
+        .map(|c| c.mtu);
+    let loaded = selection.map(|selection| {
         supervisor::boot::prepare_manifest(selection.manifest, &base_dir, &state_dir)
     });
     let (plans, remote_api) = match loaded {
@@ -179,7 +218,7 @@ fn main() -> ExitCode {
     }
     let network = network_manifest
         .as_ref()
-        .and_then(|m| setup_network(m, &state_dir, &run_dir));
+        .and_then(|m| setup_network(m, &state_dir, &run_dir, host_mtu));
     let mut runner = HostRunner::new(InitProgram::current_exe(), cgroups);
     runner.network = network.clone();
     let reaped = runner.reaped.clone();
@@ -254,14 +293,44 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// How long boot waits for the host NIC's first address before starting containers (the
+/// DHCP client keeps trying afterwards).
+const HOST_NETWORK_WAIT: Duration = Duration::from_secs(15);
+
+/// Configure the host NIC (`[host.network]`); a failure is on the console and boot goes on.
+fn start_host_network(settings: &HostNetwork) -> Option<net::host::HostNet> {
+    let started = net::RtNetlink::new()
+        .map_err(|e| error_chain(&e))
+        .and_then(|rt| {
+            net::host::HostNet::start(
+                settings,
+                &net::host::HostPaths::default(),
+                Box::new(rt),
+                net::host::console_observer(),
+            )
+            .map_err(|e| error_chain(&e))
+        });
+    match started {
+        Ok(host) => Some(host),
+        Err(what) => {
+            console::emit(&Event::Error {
+                what: format!("host network: {what}"),
+            });
+            None
+        }
+    }
+}
+
 /// The container network (bridge, NAT) for the manifest; on failure containers still start,
 /// each in an empty network namespace, and the console says why.
 fn setup_network(
     manifest: &berth_agent::manifest::Manifest,
     state_dir: &std::path::Path,
     run_dir: &std::path::Path,
+    mtu: Option<u32>,
 ) -> Option<Arc<Mutex<net::Network>>> {
-    let config = net::NetworkConfig::new(state_dir, run_dir);
+    let mut config = net::NetworkConfig::new(state_dir, run_dir);
+    config.mtu = mtu;
     let clients = net::RtNetlink::new()
         .map_err(|e| error_chain(&e))
         .and_then(|rt| Ok((rt, net::NfTables::new().map_err(|e| error_chain(&e))?)));

@@ -50,6 +50,17 @@ impl BootPaths {
     }
 }
 
+/// Whether a source in use is reached over the network (cloud metadata), so the host network
+/// must be configured before the manifest is chosen.
+pub fn needs_network(paths: &BootPaths) -> bool {
+    if !paths.outside {
+        return false;
+    }
+    let cmdline = std::fs::read_to_string(&paths.cmdline).unwrap_or_default();
+    let (params, _) = BootParams::parse(&cmdline);
+    ImdsSource::enabled(params.imds, &Dmi::read(&paths.dmi))
+}
+
 struct ConsoleReport;
 
 impl Report for ConsoleReport {

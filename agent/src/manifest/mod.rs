@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 pub use error::{ErrorKind, ManifestError};
 pub use limits::{Limits, Rlimit};
 pub use location::Location;
-pub use network::{NetworkMode, PortMapping, Protocol, Subnet, DEFAULT_SUBNET};
+pub use network::{
+    HostAddressing, HostNetwork, NetworkMode, PortMapping, Protocol, Subnet, DEFAULT_SUBNET,
+};
 pub use resolve::LAYOUT_FILES;
 pub use supervision::{Condition, HealthCheck, LogSettings, Probe, RestartPolicy};
 
@@ -102,6 +104,8 @@ pub struct Host {
     pub hostname: String,
     /// `api_port` + `api_token`: the remote API (off when `None`).
     pub api: Option<RemoteApi>,
+    /// `[host.network]`: how the host's NIC is configured.
+    pub network: HostNetwork,
 }
 
 impl Default for Host {
@@ -109,6 +113,7 @@ impl Default for Host {
         Host {
             hostname: DEFAULT_HOSTNAME.to_owned(),
             api: None,
+            network: HostNetwork::default(),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Network keys of the manifest: `[network] subnet` and a container's `network`, `ip` and
-//! `ports`, parsed into typed values with messages that say what to write instead.
+//! Network keys of the manifest: `[host.network]` (how the host's NIC gets its address),
+//! `[network] subnet` and a container's `network`, `ip` and `ports`, parsed into typed values
+//! with messages that say what to write instead.
 //!
 //! They live apart from `rules.rs` because they carry their own value types (a subnet, a port
 //! mapping) that the network module consumes.
@@ -24,10 +25,15 @@ pub struct Subnet {
 }
 
 impl Subnet {
-    fn mask(self) -> u32 {
+    /// The netmask of a prefix length, as a number.
+    pub fn mask_of(prefix: u8) -> u32 {
         u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
+            .checked_shl(32 - u32::from(prefix.min(32)))
             .unwrap_or(0)
+    }
+
+    fn mask(self) -> u32 {
+        Subnet::mask_of(self.prefix)
     }
 
     /// Whether `ip` lies in this network (network and broadcast addresses included).
@@ -96,6 +102,103 @@ impl FromStr for Subnet {
         }
         Ok(candidate)
     }
+}
+
+/// `[host.network]`: how berthd configures the host's own network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostNetwork {
+    /// `mode` with its addressing keys.
+    pub addressing: HostAddressing,
+    /// `interface`: the NIC (default: the first Ethernet interface).
+    pub interface: Option<String>,
+    /// `dns`: the resolvers for /etc/resolv.conf (static), or instead of the lease's (DHCP).
+    pub dns: Option<Vec<Ipv4Addr>>,
+    /// `mtu`: the NIC's MTU (DHCP: instead of the lease's option 26).
+    pub mtu: Option<u32>,
+}
+
+/// `[host.network] mode` and the keys that go with it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HostAddressing {
+    /// `mode = "dhcp"` (the default): berthd's DHCPv4 client.
+    #[default]
+    Dhcp,
+    /// `mode = "static"`: `address` (with prefix) and an optional `gateway`.
+    Static {
+        /// The host's address.
+        address: Ipv4Addr,
+        /// Its prefix length.
+        prefix: u8,
+        /// The default route's gateway.
+        gateway: Option<Ipv4Addr>,
+    },
+    /// `mode = "off"`: berthd leaves the NIC alone (something else configured it).
+    Off,
+}
+
+impl HostAddressing {
+    /// The manifest spellings of `mode`.
+    pub const NAMES: [&'static str; 3] = ["dhcp", "static", "off"];
+
+    /// Its `mode` spelling.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            HostAddressing::Dhcp => "dhcp",
+            HostAddressing::Static { .. } => "static",
+            HostAddressing::Off => "off",
+        }
+    }
+}
+
+/// A host address in CIDR form (`192.168.1.10/24`): the address and prefix length. It must be
+/// a host address of its network (not the network or broadcast address).
+pub fn host_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let example = "write the address with its prefix length, e.g. \"192.168.1.10/24\"";
+    let Some((addr, prefix)) = s.split_once('/') else {
+        return Err(format!("address {s:?} has no prefix length; {example}"));
+    };
+    let ip: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("address {s:?}: {addr:?} is not an IPv4 address; {example}"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (1..=32).contains(p))
+        .ok_or_else(|| {
+            format!(
+                "address {s:?}: prefix length {prefix:?} is not a number from 1 to 32; {example}"
+            )
+        })?;
+    if prefix <= 30 {
+        let net = Subnet {
+            network: Ipv4Addr::from(u32::from(ip) & Subnet::mask_of(prefix)),
+            prefix,
+        };
+        if ip == net.network || ip == net.broadcast() {
+            let which = if ip == net.network {
+                "network"
+            } else {
+                "broadcast"
+            };
+            return Err(format!(
+                "address {s:?} is the {which} address of {net}, not a host address; pick one from {} to {}",
+                Ipv4Addr::from(u32::from(net.network) + 1),
+                Ipv4Addr::from(u32::from(net.broadcast()) - 1)
+            ));
+        }
+    }
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+        return Err(format!(
+            "address {s:?} cannot be a host's address (unspecified, broadcast, multicast or loopback); {example}"
+        ));
+    }
+    Ok((ip, prefix))
+}
+
+/// Whether `gateway` is on the network of `address`/`prefix`.
+pub fn on_link(address: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> bool {
+    let mask = Subnet::mask_of(prefix);
+    u32::from(address) & mask == u32::from(gateway) & mask
 }
 
 /// A container's `network`.

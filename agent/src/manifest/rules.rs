@@ -76,6 +76,20 @@ fn suggest_label(name: &str) -> String {
         .to_owned()
 }
 
+/// A network interface name as Linux accepts it: 1 to 15 bytes, printable ASCII without `/`,
+/// `:` or spaces, and not `.` or `..`.
+pub fn interface_name(name: &str) -> Result<(), String> {
+    let bad = name
+        .chars()
+        .find(|ch| !ch.is_ascii_graphic() || matches!(ch, '/' | ':'));
+    if name.is_empty() || name.len() > 15 || bad.is_some() || name == "." || name == ".." {
+        return Err(format!(
+            "[host.network] interface {name:?} is not an interface name (1 to 15 printable characters, no '/', ':' or spaces); write e.g. interface = \"eth0\", or leave it out to use the first Ethernet interface"
+        ));
+    }
+    Ok(())
+}
+
 /// A hostname: dot-separated RFC 1123 labels (letters, digits, `-`; 1 to 63 characters; not
 /// starting or ending with `-`), at most [`MAX_HOSTNAME_LEN`] characters in total.
 pub fn hostname(name: &str) -> Result<(), String> {

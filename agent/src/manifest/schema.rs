@@ -64,6 +64,22 @@ pub(super) struct RawHost {
     pub hostname: Option<Spanned<String>>,
     pub api_port: Option<Spanned<i64>>,
     pub api_token: Option<Spanned<String>>,
+    pub network: Option<RawHostNetwork>,
+}
+
+/// `[host.network]`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like `[host.network]` with mode = \"dhcp\""
+)]
+pub(super) struct RawHostNetwork {
+    pub mode: Option<Spanned<String>>,
+    pub interface: Option<Spanned<String>>,
+    pub address: Option<Spanned<String>>,
+    pub gateway: Option<Spanned<String>>,
+    pub dns: Option<Vec<Spanned<String>>>,
+    pub mtu: Option<Spanned<i64>>,
 }
 
 /// `[network]`.
@@ -208,6 +224,11 @@ pub(super) fn example_for(key: &str) -> Option<&'static str> {
         "retries" => "retries = 3",
         "start_period" => "start_period = \"10s\"",
         "subnet" => "subnet = \"10.88.0.0/24\"",
+        "interface" => "interface = \"eth0\"",
+        "address" => "address = \"192.168.1.10/24\"",
+        "gateway" => "gateway = \"192.168.1.1\"",
+        "dns" => "dns = [\"192.168.1.1\"]",
+        "mtu" => "mtu = 1500",
         "network" => "network = \"bridge\" (or \"host\", \"none\")",
         "ip" => "ip = \"10.88.0.10\"",
         "ports" => "ports = [\"8080:80\", \"5353:53/udp\"]",

@@ -5,6 +5,7 @@
 //! one that comes first in the file is reported, so fixing errors top to bottom converges.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -14,9 +15,10 @@ use toml::Spanned;
 use super::diagnose::closest;
 use super::error::{ErrorKind, ManifestError};
 use super::location::Location;
-use super::network::{NetworkMode, PortMapping, Subnet};
+use super::network::{self, HostAddressing, HostNetwork, NetworkMode, PortMapping, Subnet};
 use super::schema::{
-    RawContainer, RawHealthCheck, RawImage, RawManifest, RawMount, RawRegistry, VersionProbe,
+    RawContainer, RawHealthCheck, RawHostNetwork, RawImage, RawManifest, RawMount, RawRegistry,
+    VersionProbe,
 };
 use super::supervision::{self, Condition, HealthCheck, LogSettings, Probe, RestartPolicy};
 use super::{
@@ -141,6 +143,7 @@ pub(super) fn validate(
     let mut host = Host {
         hostname: DEFAULT_HOSTNAME.to_owned(),
         api: None,
+        network: HostNetwork::default(),
     };
     if let Some(raw_host) = raw.host {
         if let Some(hostname) = raw_host.hostname {
@@ -150,6 +153,9 @@ pub(super) fn validate(
             }
         }
         host.api = remote_api(&mut c, raw_host.api_port, raw_host.api_token);
+        if let Some(raw_network) = raw_host.network {
+            host.network = host_network(&mut c, raw_network);
+        }
     }
 
     let mut network = NetworkDecl::default();
@@ -268,6 +274,144 @@ fn registry(
         settings.ca = Some(ca.into_inner());
     }
     ok.then_some(settings)
+}
+
+/// `[host.network]`: the mode and the keys that go with it. Invalid keys are reported; what
+/// is returned then does not matter (the manifest is rejected).
+fn host_network(c: &mut Checker<'_>, raw: RawHostNetwork) -> HostNetwork {
+    let mut out = HostNetwork::default();
+    let mut mode = "dhcp";
+    if let Some(m) = &raw.mode {
+        c.record("host.network.mode".into(), &m.span());
+        match m.get_ref().as_str() {
+            known @ ("dhcp" | "static" | "off") => mode = known,
+            other => c.fail(
+                ErrorKind::InvalidValue,
+                &m.span(),
+                format!(
+                    "[host.network] mode {other:?} is not known; write mode = \"dhcp\" (the default), \"static\" (with `address`) or \"off\" (leave the interface alone)"
+                ),
+            ),
+        }
+    }
+    if let Some(i) = raw.interface {
+        c.record("host.network.interface".into(), &i.span());
+        if c.rule(&i.span(), rules::interface_name(i.get_ref())) {
+            out.interface = Some(i.into_inner());
+        }
+    }
+    if let Some(list) = raw.dns {
+        let mut servers = Vec::new();
+        for (n, d) in list.iter().enumerate() {
+            match d.get_ref().parse::<Ipv4Addr>() {
+                Ok(ip) if !ip.is_unspecified() && !ip.is_broadcast() => servers.push(ip),
+                _ => c.fail(
+                    ErrorKind::InvalidValue,
+                    &d.span(),
+                    format!(
+                        "[host.network] dns[{n}] {:?} is not an IPv4 address of a resolver; write e.g. dns = [\"192.168.1.1\", \"1.1.1.1\"]",
+                        d.get_ref()
+                    ),
+                ),
+            }
+        }
+        out.dns = Some(servers);
+    }
+    if let Some(m) = raw.mtu {
+        c.record("host.network.mtu".into(), &m.span());
+        match u32::try_from(*m.get_ref()) {
+            Ok(mtu) if (576..=65535).contains(&mtu) => out.mtu = Some(mtu),
+            _ => c.fail(
+                ErrorKind::InvalidValue,
+                &m.span(),
+                format!(
+                    "[host.network] mtu {} is outside 576..=65535; Ethernet's is 1500, write e.g. mtu = 1500",
+                    m.get_ref()
+                ),
+            ),
+        }
+    }
+    let static_only = |c: &mut Checker<'_>, key: &str, span: &Range<usize>| {
+        c.fail(
+            ErrorKind::InvalidValue,
+            span,
+            format!(
+                "[host.network] `{key}` applies to mode = \"static\" only, but the mode is \"{mode}\"; remove `{key}` or write mode = \"static\""
+            ),
+        );
+    };
+    if mode != "static" {
+        if let Some(a) = &raw.address {
+            static_only(c, "address", &a.span());
+        }
+        if let Some(g) = &raw.gateway {
+            static_only(c, "gateway", &g.span());
+        }
+        out.addressing = if mode == "off" {
+            HostAddressing::Off
+        } else {
+            HostAddressing::Dhcp
+        };
+        return out;
+    }
+    let Some(address) = raw.address else {
+        if let Some(m) = &raw.mode {
+            c.fail(
+                ErrorKind::MissingKey,
+                &m.span(),
+                "[host.network] mode = \"static\" needs `address`: add address = \"192.168.1.10/24\" (the host's address with its prefix length), or use mode = \"dhcp\"".into(),
+            );
+        }
+        return out;
+    };
+    c.record("host.network.address".into(), &address.span());
+    let (ip, prefix) = match network::host_cidr(address.get_ref()) {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            c.fail(
+                ErrorKind::InvalidValue,
+                &address.span(),
+                format!("[host.network] {message}"),
+            );
+            return out;
+        }
+    };
+    let mut gateway = None;
+    if let Some(g) = raw.gateway {
+        c.record("host.network.gateway".into(), &g.span());
+        match g.get_ref().parse::<Ipv4Addr>() {
+            Err(_) => c.fail(
+                ErrorKind::InvalidValue,
+                &g.span(),
+                format!(
+                    "[host.network] gateway {:?} is not an IPv4 address; write e.g. gateway = \"{}\"",
+                    g.get_ref(),
+                    Ipv4Addr::from((u32::from(ip) & Subnet::mask_of(prefix)) + 1)
+                ),
+            ),
+            Ok(gw) if gw == ip => c.fail(
+                ErrorKind::InvalidValue,
+                &g.span(),
+                format!("[host.network] gateway {gw} is the host's own address; write the router's address"),
+            ),
+            Ok(gw) if !network::on_link(ip, prefix, gw) => c.fail(
+                ErrorKind::InvalidValue,
+                &g.span(),
+                format!(
+                    "[host.network] gateway {gw} is outside the host's subnet {}/{prefix} (from address {:?}); the gateway must be on the same network as the address — fix the gateway or the prefix length",
+                    Ipv4Addr::from(u32::from(ip) & Subnet::mask_of(prefix)),
+                    address.get_ref()
+                ),
+            ),
+            Ok(gw) => gateway = Some(gw),
+        }
+    }
+    out.addressing = HostAddressing::Static {
+        address: ip,
+        prefix,
+        gateway,
+    };
+    out
 }
 
 /// `api_port` and `api_token` go together; the token must be long enough to guess badly.

@@ -8,7 +8,9 @@
 //! kernel work goes through [`NetlinkClient`] and [`Firewall`], so the sequence is unit-tested
 //! with fakes.
 
+pub mod dhcp;
 pub mod hook;
+pub mod host;
 pub mod hosts;
 pub mod ipam;
 pub mod netlink;
@@ -23,7 +25,7 @@ use crate::manifest::{Manifest, NetworkMode, PortMapping, Subnet};
 use crate::runtime::init::NetworkNamespace;
 use crate::runtime::rootfs::ContainerMount;
 
-pub use netlink::{NetlinkClient, NetlinkError, RecordingNetlink};
+pub use netlink::{Link, NetlinkClient, NetlinkError, RecordingNetlink};
 pub use nft::{Firewall, FirewallError, NfTables, RecordingFirewall, Ruleset};
 pub use rtnl::RtNetlink;
 
@@ -88,6 +90,9 @@ pub struct NetworkConfig {
     pub run_dir: PathBuf,
     /// The host's resolv.conf (`/etc/resolv.conf`).
     pub host_resolv_conf: PathBuf,
+    /// The host NIC's MTU: both ends of every container's veth get it (`None`: the kernel's
+    /// default, 1500).
+    pub mtu: Option<u32>,
 }
 
 impl NetworkConfig {
@@ -97,6 +102,7 @@ impl NetworkConfig {
             state_dir: state_dir.to_path_buf(),
             run_dir: run_dir.to_path_buf(),
             host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            mtu: None,
         }
     }
 }
@@ -372,6 +378,24 @@ impl Network {
         if !requests.is_empty() && !self.bridge_up {
             self.bridge()?;
         }
+        self.refresh_hosts()
+    }
+
+    /// Rewrite every attached container's `/etc/hosts` for the names declared now. Written in
+    /// place (same inode), so the file bind-mounted into the running container changes too.
+    fn refresh_hosts(&self) -> Result<(), NetError> {
+        let names = self.names();
+        for name in self.active.keys() {
+            let Some(decl) = self.declared.get(name) else {
+                continue;
+            };
+            let path = self.files_dir(name).join("hosts");
+            if !path.exists() {
+                continue;
+            }
+            std::fs::write(&path, hosts::hosts_file(name, &decl.hostname, &names))
+                .map_err(|source| NetError::Files { path, source })?;
+        }
         Ok(())
     }
 
@@ -462,6 +486,14 @@ impl Network {
         self.netlink
             .add_veth(veth, "eth0", netns)
             .map_err(netlink_err(ctx("create its veth pair")))?;
+        if let Some(mtu) = self.config.mtu {
+            self.netlink
+                .set_mtu(veth, mtu)
+                .map_err(netlink_err(ctx(&format!("set the MTU of {veth} to {mtu}"))))?;
+            inside
+                .set_mtu("eth0", mtu)
+                .map_err(netlink_err(ctx(&format!("set the MTU of eth0 to {mtu}"))))?;
+        }
         self.netlink
             .set_master(veth, BRIDGE)
             .map_err(netlink_err(ctx(&format!("attach {veth} to {BRIDGE}"))))?;

@@ -44,8 +44,32 @@ impl NetlinkError {
     }
 }
 
+/// A network interface as [`NetlinkClient::links`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Its name (`eth0`).
+    pub name: String,
+    /// Its hardware address, when it has a 6-byte one.
+    pub mac: Option<[u8; 6]>,
+    /// Its MTU.
+    pub mtu: u32,
+    /// An Ethernet device the kernel's driver created (not loopback, and no software kind
+    /// such as bridge or veth).
+    pub ethernet: bool,
+}
+
 /// Links, addresses and routes of one network namespace, plus creating others.
 pub trait NetlinkClient {
+    /// Every link of the namespace, in index order.
+    fn links(&mut self) -> Result<Vec<Link>, NetlinkError>;
+    /// Set a link's MTU.
+    fn set_mtu(&mut self, name: &str, mtu: u32) -> Result<(), NetlinkError>;
+    /// Remove an IPv4 address.
+    fn delete_address(&mut self, name: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError>;
+    /// Add or replace the default route: via `gateway` out of link `name`.
+    fn replace_default_route(&mut self, name: &str, gateway: Ipv4Addr) -> Result<(), NetlinkError>;
+    /// Remove the default route via `gateway` out of link `name`.
+    fn delete_default_route(&mut self, name: &str, gateway: Ipv4Addr) -> Result<(), NetlinkError>;
     /// Whether a link with this name exists.
     fn link_exists(&mut self, name: &str) -> Result<bool, NetlinkError>;
     /// Create a bridge (fails with EEXIST when it exists).
@@ -184,7 +208,63 @@ impl RecordingNetlink {
     }
 }
 
+impl RecordingNetlink {
+    /// Add a physical Ethernet link (as a NIC would appear) to this fake's namespace.
+    pub fn add_nic(&self, name: &str) {
+        let _ = self.insert(&self.ns.clone(), name, "add nic");
+    }
+}
+
 impl NetlinkClient for RecordingNetlink {
+    fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        let own: Vec<String> = self
+            .links
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|(ns, _)| ns == &self.ns)
+                    .map(|(_, n)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut links = vec![Link {
+            name: "lo".into(),
+            mac: None,
+            mtu: 65536,
+            ethernet: false,
+        }];
+        for (i, name) in own.into_iter().enumerate() {
+            let software = name.starts_with("bv") || name.starts_with("berth");
+            links.push(Link {
+                mac: Some([0x52, 0x54, 0, 0, 0, u8::try_from(i + 1).unwrap_or(0xff)]),
+                mtu: 1500,
+                ethernet: !software,
+                name,
+            });
+        }
+        Ok(links)
+    }
+
+    fn set_mtu(&mut self, name: &str, mtu: u32) -> Result<(), NetlinkError> {
+        self.record(format!("set_mtu {name} {mtu}"))?;
+        self.need(name)
+    }
+
+    fn delete_address(&mut self, name: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
+        self.record(format!("delete_address {name} {ip}/{prefix}"))?;
+        self.need(name)
+    }
+
+    fn replace_default_route(&mut self, name: &str, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+        self.record(format!("replace_default_route via {gateway} dev {name}"))?;
+        self.need(name)
+    }
+
+    fn delete_default_route(&mut self, name: &str, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+        self.record(format!("delete_default_route via {gateway} dev {name}"))?;
+        self.need(name)
+    }
+
     fn link_exists(&mut self, name: &str) -> Result<bool, NetlinkError> {
         Ok(self.has(&self.ns, name))
     }

@@ -10,12 +10,12 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -25,7 +25,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 
-use super::netlink::{NetlinkClient, NetlinkError};
+use super::netlink::{Link, NetlinkClient, NetlinkError};
 
 /// A route netlink socket in one network namespace.
 #[derive(Debug)]
@@ -189,7 +189,110 @@ fn in_namespace<T: Send + 'static>(
     }
 }
 
+/// The default route via `gateway` out of link `index`, for adding or deleting.
+fn default_route(index: u32, gateway: Ipv4Addr, scope: RouteScope) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Dhcp;
+    msg.header.scope = scope;
+    msg.header.kind = RouteType::Unicast;
+    msg.attributes
+        .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+    msg.attributes.push(RouteAttribute::Oif(index));
+    msg
+}
+
 impl NetlinkClient for RtNetlink {
+    fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        let answers = self.request(
+            "list network interfaces",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        let mut links: Vec<(u32, Link)> = answers
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => Some(link),
+                _ => None,
+            })
+            .map(|link| {
+                let mut name = String::new();
+                let mut mac = None;
+                let mut mtu = 0;
+                let mut software = false;
+                for attr in &link.attributes {
+                    match attr {
+                        LinkAttribute::IfName(n) => name.clone_from(n),
+                        LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+                        LinkAttribute::Mtu(m) => mtu = *m,
+                        LinkAttribute::LinkInfo(info) => {
+                            software |= info.iter().any(|i| matches!(i, LinkInfo::Kind(_)));
+                        }
+                        _ => {}
+                    }
+                }
+                let ethernet = link.header.link_layer_type == LinkLayerType::Ether && !software;
+                (
+                    link.header.index,
+                    Link {
+                        name,
+                        mac,
+                        mtu,
+                        ethernet,
+                    },
+                )
+            })
+            .collect();
+        links.sort_by_key(|(index, _)| *index);
+        Ok(links.into_iter().map(|(_, l)| l).collect())
+    }
+
+    fn set_mtu(&mut self, name: &str, mtu: u32) -> Result<(), NetlinkError> {
+        self.set_link(&format!("set the MTU of {name} to {mtu}"), name, |m| {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        })
+    }
+
+    fn delete_address(&mut self, name: &str, ip: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
+        let index = self.need(name)?;
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = prefix;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(ip)));
+        self.request(
+            &format!("delete address {ip}/{prefix} from {name}"),
+            RouteNetlinkMessage::DelAddress(msg),
+            0,
+        )
+        .map(drop)
+    }
+
+    fn replace_default_route(&mut self, name: &str, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+        let index = self.need(name)?;
+        self.request(
+            &format!("set the default route via {gateway} dev {name}"),
+            RouteNetlinkMessage::NewRoute(default_route(index, gateway, RouteScope::Universe)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    fn delete_default_route(&mut self, name: &str, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+        let index = self.need(name)?;
+        let mut msg = default_route(index, gateway, RouteScope::NoWhere);
+        msg.header.protocol = RouteProtocol::Unspec;
+        self.request(
+            &format!("delete the default route via {gateway} dev {name}"),
+            RouteNetlinkMessage::DelRoute(msg),
+            0,
+        )
+        .map(drop)
+    }
+
     fn link_exists(&mut self, name: &str) -> Result<bool, NetlinkError> {
         Ok(self.index(name)?.is_some())
     }

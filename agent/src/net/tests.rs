@@ -241,3 +241,64 @@ network = "host"
     assert!(r.netlink.calls().is_empty());
     assert!(r.firewall.lock().unwrap().current.is_none());
 }
+
+#[test]
+fn veths_follow_the_host_nics_mtu() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut config = NetworkConfig::new(&dir.path().join("state"), &run);
+    config.host_resolv_conf = dir.path().join("resolv.conf");
+    config.mtu = Some(1400);
+    let netlink = RecordingNetlink::default();
+    let mut network = Network::setup(
+        &manifest(TWO),
+        config,
+        Box::new(netlink.clone()),
+        Box::new(RecordingFirewall::default()),
+    )
+    .unwrap();
+    netlink.clear();
+    network.attach("web").unwrap();
+    let nsd = run.join("netns/web").display().to_string();
+    let calls = netlink.calls();
+    let veth = calls
+        .iter()
+        .position(|c| c.starts_with("[host] add_veth"))
+        .unwrap();
+    assert_eq!(
+        calls[veth + 1..veth + 4],
+        [
+            "[host] set_mtu bv0a580002 1400".to_owned(),
+            format!("[{nsd}] set_mtu eth0 1400"),
+            "[host] set_master bv0a580002 berth0".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn apply_rewrites_the_hosts_file_of_running_containers_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let mut r = rig(TWO);
+    r.network.attach("web").unwrap();
+    let path = r.run.join("containers/web/hosts");
+    let before = std::fs::read_to_string(&path).unwrap();
+    assert!(before.contains("\tdb database\n"), "{before}");
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    // db goes, cache comes.
+    let next = TWO.replace(
+        "[containers.db]\nimage = \"busybox\"\nip = \"10.88.0.20\"\nhostname = \"database\"",
+        "[containers.cache]\nimage = \"busybox\"",
+    );
+    assert_ne!(next, TWO);
+    r.network.update(&manifest(&next)).unwrap();
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert!(!after.contains("database"), "{after}");
+    let cache = r.network.address_of("cache").unwrap();
+    assert!(after.contains(&format!("{cache}\tcache\n")), "{after}");
+    assert!(after.contains("\tweb\n"), "{after}");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().ino(),
+        inode,
+        "the bind-mounted file itself changed"
+    );
+}

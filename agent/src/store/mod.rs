@@ -266,8 +266,14 @@ impl Store {
         }
         // Root only: layers hold setuid files meant for containers, never for host users.
         for dir in [root.to_path_buf(), root.join("layers"), root.join("tmp")] {
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-                .map_err(io_err("restrict to root", &dir))?;
+            let mode = fs::metadata(&dir)
+                .map_err(io_err("inspect", &dir))?
+                .permissions()
+                .mode();
+            if mode & 0o777 != 0o700 {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                    .map_err(io_err("restrict to root", &dir))?;
+            }
         }
         let staging = Staging::new(root.join("tmp"));
         staging

@@ -1,7 +1,7 @@
 //! Host integration test: berthd booted on EVERY invalid manifest of tests/data/manifests/invalid
 //! (and on a generated manifest over 1 MiB) refuses it the way `berthctl validate` does — the
-//! same `file:line:column: message` on its console — starts no container, writes no saved
-//! manifest, and stays up until SIGTERM.
+//! same `file:line:column: message` and hint on its console — starts no container, writes no
+//! saved manifest, and stays up until SIGTERM.
 //!
 //! Needs root: each berthd runs in its own UTS and network namespaces, like runtime_berthd.rs.
 
@@ -143,10 +143,22 @@ fn check(file: &Path) -> Result<(), String> {
     let seen = boot(file, &state);
     let console = seen.join("\n");
     let refusal = format!("berth: error: {first} (manifest source=image refused)");
-    if !seen.contains(&refusal) {
+    let Some(at) = seen.iter().position(|l| *l == refusal) else {
         return Err(format!(
             "{name}: the console does not say what validate says:\n  validate: {first}\n  console:\n{console}"
         ));
+    };
+    // validate's hint line, when it prints one, follows the error on the console too.
+    if let Some(hint) = expected
+        .lines()
+        .nth(1)
+        .and_then(|l| l.strip_prefix("  hint: "))
+    {
+        if seen.get(at + 1).map(String::as_str) != Some(&format!("berth: hint: {hint}")) {
+            return Err(format!(
+                "{name}: no hint line after the error:\n  validate: {hint}\n  console:\n{console}"
+            ));
+        }
     }
     if !seen.iter().any(|l| l == REJECTED) {
         return Err(format!("{name}: no rejection line:\n{console}"));

@@ -1,6 +1,10 @@
 //! The API server inside berthd: HTTP/1.1 on a Unix socket (root only), and optionally on a
 //! TCP port with a bearer token. Runs on its own thread with a single-threaded tokio runtime;
 //! every request becomes a [`Command`] for the supervisor's loop.
+//!
+//! Clients are not trusted to behave: a request head must arrive within [`HEADER_TIMEOUT`]
+//! (else the connection is closed), a body within [`BODY_TIMEOUT`] (408) and within
+//! [`MAX_BODY`] (413); unknown paths answer 404, known paths with the wrong method 405.
 
 use std::convert::Infallible;
 use std::io;

@@ -73,6 +73,9 @@ pub enum Event<'a> {
     Error { what: String },
     /// Something works less well than it should (e.g. no cgroup v2); berthd carries on.
     Warning { what: String },
+    /// An example of what to write, following the error it belongs to (the line
+    /// `berthctl validate` prints below a manifest error).
+    Hint { what: String },
     /// Progress of a registry pull of image `image`.
     Pulling { image: String, what: String },
 }
@@ -177,6 +180,7 @@ impl fmt::Display for Event<'_> {
             }
             Event::Error { what } => write!(f, "berth: error: {what}"),
             Event::Warning { what } => write!(f, "berth: warning: {what}"),
+            Event::Hint { what } => write!(f, "berth: hint: {what}"),
             Event::Pulling { image, what } => write!(f, "berth: image={image} pull {what}"),
         }
     }

@@ -1,5 +1,9 @@
 //! Every manifest under tests/data/manifests/valid loads; every one under invalid/ fails at the
 //! recorded `line:column` with the recorded message fragment — and each fixture is listed.
+//! The invalid corpus covers wrong types, unknown keys, bad sizes, durations, ports, CIDRs and
+//! addresses, duplicate host ports and addresses, dependency cycles, unknown and missing
+//! images, paths escaping the state partition, non-UTF-8, empty files and TOML syntax errors;
+//! boot_rejects.rs boots berthd on every one of them.
 
 // Test helpers may fail loudly; clippy only exempts `#[test]` functions themselves.
 #![allow(clippy::unwrap_used, clippy::panic)]
@@ -101,6 +105,33 @@ const INVALID: &[(&str, usize, usize, ErrorKind, &str)] = &[
     ("host-network-unknown-key.toml", 5, 1, ErrorKind::UnknownKey, "unknown key `adress`"),
     ("host-network-bad-mtu.toml", 4, 7, ErrorKind::InvalidValue, "mtu 9 is outside 576..=65535"),
     ("host-network-bad-interface.toml", 4, 13, ErrorKind::InvalidValue, "interface \"eth0/1\" is not an interface name"),
+    ("port-duplicate-host.toml", 8, 10, ErrorKind::InvalidValue, "publishes host port 8080/tcp already published by container \"api\" as \"8080:8080\" (line 12, column 10); choose another host port"),
+    ("port-out-of-range.toml", 8, 10, ErrorKind::InvalidValue, "container port \"70000\" is not a number in 1..65535"),
+    ("port-not-a-mapping.toml", 8, 10, ErrorKind::InvalidValue, "port mapping \"http\" is not \"HOST:CONTAINER\""),
+    ("wrong-type-port.toml", 8, 10, ErrorKind::WrongType, "wrong type for `ports`: found integer `8080`, expected a string"),
+    ("subnet-bad-prefix.toml", 4, 10, ErrorKind::InvalidValue, "prefix length 33 is outside 8..=30"),
+    ("subnet-no-prefix.toml", 4, 10, ErrorKind::InvalidValue, "subnet \"10.88.0.0\" has no prefix length"),
+    ("subnet-host-bits.toml", 4, 10, ErrorKind::InvalidValue, "has host bits set; write \"10.88.0.0/24\""),
+    ("ip-duplicate.toml", 8, 6, ErrorKind::InvalidValue, "ip 10.88.0.9 is already pinned by container \"api\" (line 12, column 6)"),
+    ("ip-outside-subnet.toml", 8, 6, ErrorKind::InvalidValue, "ip 10.99.0.5 is outside the subnet 10.88.0.0/24"),
+    ("ip-is-gateway.toml", 8, 6, ErrorKind::InvalidValue, "bridge (10.88.0.1)"),
+    ("ip-not-an-address.toml", 8, 6, ErrorKind::InvalidValue, "ip \"10.88.0.300\" is not an IPv4 address"),
+    ("network-bad-mode.toml", 8, 11, ErrorKind::InvalidValue, "network \"bridged\" is not known; write \"bridge\""),
+    ("ports-on-host-network.toml", 9, 10, ErrorKind::InvalidValue, "`ports` needs the bridge network, but network = \"host\""),
+    ("healthcheck-bad-interval.toml", 8, 53, ErrorKind::InvalidValue, "`interval` \"fast\" is not a duration"),
+    ("stop-timeout-negative.toml", 8, 16, ErrorKind::InvalidValue, "`stop_timeout` \"-5s\" is not a duration"),
+    ("log-max-size-bad-unit.toml", 8, 16, ErrorKind::InvalidValue, "`log_max_size` \"10 bananas\" has an unknown unit"),
+    ("memory-bare-number-too-small.toml", 8, 10, ErrorKind::InvalidValue, "`memory` is 64 bytes; the minimum is 4 MiB"),
+    ("mount-volume-escapes.toml", 8, 39, ErrorKind::InvalidValue, "volume name \"../../etc\" contains '/'"),
+    ("image-source-missing.toml", 4, 22, ErrorKind::ImageNotFound, "images/not-here (it does not exist"),
+    ("depends-on-cycle-three.toml", 16, 16, ErrorKind::InvalidValue, "depends_on forms a cycle: a -> b -> c -> a"),
+    ("depends-on-self.toml", 8, 16, ErrorKind::InvalidValue, "container \"a\" depends on itself"),
+    ("duplicate-table.toml", 4, 1, ErrorKind::Syntax, "duplicate key `host`"),
+    ("syntax-bad-table.toml", 2, 6, ErrorKind::Syntax, "TOML syntax error: invalid table header"),
+    ("syntax-trailing-comma.toml", 2, 24, ErrorKind::Syntax, "TOML syntax error: invalid inline table"),
+    ("non-utf8-invalid-byte.toml", 3, 13, ErrorKind::NotUtf8, "not valid UTF-8 (invalid byte 0xff"),
+    ("whitespace-only.toml", 1, 1, ErrorKind::Version, "the manifest is empty"),
+    ("nul-in-command.toml", 8, 29, ErrorKind::InvalidValue, "`command` element 2 contains a NUL character"),
 ];
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
@@ -143,7 +174,9 @@ fn every_invalid_manifest_fails_where_recorded() {
     let mut failures = Vec::new();
     for (name, line, column, kind, fragment) in INVALID {
         let path = files.iter().find(|p| p.ends_with(name)).unwrap();
-        match Manifest::load(path) {
+        // Images are checked too, as `berthctl validate` and the boot do.
+        let loaded = Manifest::load(path).and_then(|m| m.resolve_images(path.parent().unwrap()));
+        match loaded {
             Ok(_) => failures.push(format!("{name}: loaded but should fail")),
             Err(e) => {
                 let rendered = e.to_string();

@@ -1,6 +1,10 @@
 //! The API server inside berthd: HTTP/1.1 on a Unix socket (root only), and optionally on a
 //! TCP port with a bearer token. Runs on its own thread with a single-threaded tokio runtime;
 //! every request becomes a [`Command`] for the supervisor's loop.
+//!
+//! Clients are not trusted to behave: a request head must arrive within [`HEADER_TIMEOUT`]
+//! (else the connection is closed), a body within [`BODY_TIMEOUT`] (408) and within
+//! [`MAX_BODY`] (413); unknown paths answer 404, known paths with the wrong method 405.
 
 use std::convert::Infallible;
 use std::io;
@@ -16,7 +20,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
@@ -29,7 +33,15 @@ use crate::runtime::exec::{self, ExecConfig, Reaped};
 use crate::runtime::logfile;
 
 /// Largest request body accepted (a manifest): 1 MiB, like the manifest limit.
-const MAX_BODY: usize = 1024 * 1024;
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// How long a client may take to send a request's head (line and headers), from the moment
+/// the server starts reading it: a client that connects and sends nothing, or trickles its
+/// headers, is disconnected instead of holding a connection forever.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send a request's body once its head arrived (answered 408).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The longest an exec through the API may run.
 const MAX_EXEC: Duration = Duration::from_secs(600);
@@ -175,6 +187,8 @@ fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, ctx: Arc
             async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
         });
         let _ = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
             .serve_connection(TokioIo::new(stream), service)
             .await;
     });
@@ -361,10 +375,39 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx) -> Response<ApiBody> {
                 other => reply(other),
             }
         }
-        _ => error(
-            StatusCode::NOT_FOUND,
-            format!("unknown request {} {path}; see docs/api.md", req.method()),
-        ),
+        (method, parts) => match allowed_method(parts) {
+            Some(allowed) => {
+                let mut response = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} is not allowed on {path}; use {allowed}"),
+                );
+                response.headers_mut().insert(
+                    hyper::header::ALLOW,
+                    hyper::header::HeaderValue::from_static(allowed),
+                );
+                response
+            }
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("unknown request {method} {path}; see docs/api.md"),
+            ),
+        },
+    }
+}
+
+/// The method a known path answers to (for a 405 and its `Allow` header); `None` for a path
+/// that does not exist.
+fn allowed_method(parts: &[&str]) -> Option<&'static str> {
+    match parts {
+        ["version"]
+        | ["containers"]
+        | ["containers", _]
+        | ["containers", _, "logs"]
+        | ["events"] => Some("GET"),
+        ["containers", _, "exec" | "start" | "stop" | "restart"]
+        | ["apply" | "diff"]
+        | ["host", "poweroff" | "reboot"] => Some("POST"),
+        _ => None,
     }
 }
 
@@ -436,20 +479,53 @@ fn run_exec(cfg: &ExecConfig, limit: Duration, reaped: &Reaped) -> io::Result<Ex
     })
 }
 
+/// The request body as text: at most [`MAX_BODY`] bytes (413 beyond, refused from its
+/// `Content-Length` before reading when it declares one), within [`BODY_TIMEOUT`] (408).
 async fn read_body(req: Request<Incoming>) -> Result<String, Response<ApiBody>> {
+    let too_large = |size: String| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is {size}; the limit is {MAX_BODY} bytes (1 MiB) — manifests hold declarations, ship data inside images"
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(declared) = declared.filter(|&n| n > MAX_BODY as u64) {
+        return Err(too_large(format!("{declared} bytes")));
+    }
     let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
-    let bytes = limited
-        .collect()
-        .await
-        .map_err(|e| {
-            error(
-                StatusCode::PAYLOAD_TOO_LARGE,
+    let collected = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Err(_) => {
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s; send it in one go",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(too_large(format!("more than {MAX_BODY} bytes")))
+        }
+        Ok(Err(e)) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
                 format!("cannot read the request body: {e}"),
-            )
-        })?
-        .to_bytes();
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "the manifest is not valid UTF-8"))
+            ))
+        }
+        Ok(Ok(collected)) => collected,
+    };
+    String::from_utf8(collected.to_bytes().to_vec()).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "the request body is not valid UTF-8",
+        )
+    })
 }
 
 fn events(

@@ -69,6 +69,11 @@ impl Report for ConsoleReport {
             source: kind,
             error: error_chain(error),
         });
+        if let SourceError::Invalid(e) = error {
+            if let Some(hint) = &e.hint {
+                console::emit(&Event::Hint { what: hint.clone() });
+            }
+        }
     }
 }
 

@@ -223,8 +223,8 @@ impl Source for FileSource {
     }
 }
 
-/// Read a file of at most [`MAX_MANIFEST_BYTES`] (plus one byte, so the size check reports
-/// it); `None` when it does not exist.
+/// Read a manifest file through [`crate::manifest::read_bounded`] (refused by its size when
+/// over [`MAX_MANIFEST_BYTES`]); `None` when it does not exist.
 pub(crate) fn read_limited(path: &Path, origin: &str) -> Result<Option<Vec<u8>>, SourceError> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
@@ -236,14 +236,11 @@ pub(crate) fn read_limited(path: &Path, origin: &str) -> Result<Option<Vec<u8>>,
             })
         }
     };
-    let mut bytes = Vec::new();
-    file.take(MAX_MANIFEST_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| SourceError::Read {
-            origin: origin.to_owned(),
-            source,
-        })?;
-    Ok(Some(bytes))
+    // The same size check as `berthctl validate`: a huge file is refused by its size,
+    // before it is read.
+    crate::manifest::read_bounded(file, Path::new(origin))
+        .map(Some)
+        .map_err(|e| SourceError::Invalid(Box::new(e)))
 }
 
 #[cfg(test)]

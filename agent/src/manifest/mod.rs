@@ -371,14 +371,7 @@ impl Manifest {
             .with_source(e)
         };
         let file = std::fs::File::open(path).map_err(read_error)?;
-        let size = file.metadata().map_err(read_error)?.len();
-        if size > MAX_MANIFEST_BYTES {
-            return Err(too_large(path, size));
-        }
-        let mut bytes = Vec::new();
-        file.take(MAX_MANIFEST_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(read_error)?;
+        let bytes = read_bounded(file, path)?;
         Manifest::parse_bytes(&bytes, path)
     }
 
@@ -452,6 +445,32 @@ impl Manifest {
         let at = self.location_of(path).unwrap_or(Location::START);
         ManifestError::new(kind, &self.origin.file, at, message)
     }
+}
+
+/// Read an open manifest file (`path` names it in errors): refused by its size before a byte
+/// is read when it is larger than [`MAX_MANIFEST_BYTES`], and never more than one byte past
+/// the limit read (a file that grows, or reports no size, is refused by
+/// [`Manifest::parse_bytes`]). `berthctl validate` ([`Manifest::load`]) and every file the
+/// boot reads (built-in, last good, fw_cfg) go through this one check.
+pub fn read_bounded(file: std::fs::File, path: &Path) -> Result<Vec<u8>, ManifestError> {
+    let read_error = |e: std::io::Error| {
+        ManifestError::new(
+            ErrorKind::Read,
+            path,
+            Location::START,
+            format!("cannot read the manifest: {e}"),
+        )
+        .with_source(e)
+    };
+    let size = file.metadata().map_err(read_error)?.len();
+    if size > MAX_MANIFEST_BYTES {
+        return Err(too_large(path, size));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    Ok(bytes)
 }
 
 fn too_large(file: &Path, size: u64) -> ManifestError {

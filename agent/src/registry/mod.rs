@@ -95,6 +95,25 @@ pub enum PullError {
         /// Why.
         message: String,
     },
+    /// A blob declares more bytes than the store's disk has free.
+    #[error(
+        "not enough space for blob {digest} of {reference}: {needed} bytes still to download \
+         and {free} bytes are free in {}; remove unused images (`berthctl prune`) or grow the \
+         state partition",
+        path.display()
+    )]
+    NoSpace {
+        /// The image reference.
+        reference: String,
+        /// The blob.
+        digest: String,
+        /// Bytes its descriptor declares, minus what was already downloaded.
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+        /// Where it would be downloaded.
+        path: std::path::PathBuf,
+    },
     /// Writing downloads to the store's disk failed.
     #[error("cannot {op} {path}")]
     Io {

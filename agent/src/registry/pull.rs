@@ -523,6 +523,30 @@ fn linux_amd64(index: &ImageIndex) -> Option<&oci_spec::image::Descriptor> {
         })
 }
 
+/// Refuse to download `needed` bytes to `path` when its filesystem has less free (a
+/// descriptor declaring 10 GB is refused before a byte is fetched).
+fn check_space(
+    path: &Path,
+    needed: u64,
+    reference: &RegistryRef,
+    digest: &str,
+) -> Result<(), PullError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let stat = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| io("read the free space of", dir)(std::io::Error::from(e)))?;
+    let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+    if needed > free {
+        return Err(PullError::NoSpace {
+            reference: reference.to_string(),
+            digest: digest.to_string(),
+            needed,
+            free,
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
 /// Download blob `digest` of `size` bytes to `path`, resuming what is there.
 async fn download(
     client: &Client,
@@ -538,6 +562,7 @@ async fn download(
         fs::remove_file(path).map_err(io("remove", path))?;
         offset = 0;
     }
+    check_space(path, size - offset, reference, digest)?;
     if offset < size || size == 0 {
         progress(PullEvent::Downloading {
             digest: digest.to_string(),
@@ -612,6 +637,20 @@ async fn download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blob_larger_than_the_free_space_is_refused_before_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let reference = RegistryRef::parse("registry.example.com/team/web:1").unwrap();
+        check_space(&path, 1, &reference, "sha256:00").unwrap();
+        let err = check_space(&path, 1 << 62, &reference, "sha256:00").unwrap_err();
+        assert!(matches!(err, PullError::NoSpace { needed, .. } if needed == 1 << 62));
+        assert!(err.to_string().starts_with(
+            "not enough space for blob sha256:00 of registry.example.com/team/web:1: 4611686018427387904 bytes still to download"
+        ), "{err}");
+        assert!(err.is_retryable(), "space can be freed");
+    }
 
     fn index(entries: serde_json::Value) -> ImageIndex {
         serde_json::from_value(serde_json::json!({

@@ -20,6 +20,9 @@ pub trait LayerFs: std::fmt::Debug + Send + Sync {
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
     /// Whether the directory `dir` is marked opaque. A query: fakes do not record it.
     fn is_opaque(&self, dir: &Path) -> io::Result<bool>;
+    /// Bytes that can still be written on the filesystem holding `path` (`statvfs`: the blocks
+    /// available to unprivileged users, so the root reserve is kept). A query.
+    fn free_bytes(&self, path: &Path) -> io::Result<u64>;
 }
 
 /// The real operations on the host.
@@ -61,6 +64,11 @@ impl LayerFs for HostLayerFs {
 
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
         std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+    }
+
+    fn free_bytes(&self, path: &Path) -> io::Result<u64> {
+        let stat = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+        Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
     }
 
     fn is_opaque(&self, dir: &Path) -> io::Result<bool> {
@@ -108,6 +116,7 @@ pub enum LayerFsCall {
 pub struct RecordingLayerFs {
     calls: Mutex<Vec<LayerFsCall>>,
     deny_privileged: bool,
+    free: Option<u64>,
 }
 
 impl RecordingLayerFs {
@@ -121,6 +130,16 @@ impl RecordingLayerFs {
         RecordingLayerFs {
             calls: Mutex::new(Vec::new()),
             deny_privileged: true,
+            free: None,
+        }
+    }
+
+    /// A fake reporting `free` bytes free (by default: unlimited, i.e. the space check never
+    /// refuses and only the real filesystem can run out).
+    pub fn with_free_bytes(free: u64) -> Self {
+        RecordingLayerFs {
+            free: Some(free),
+            ..Self::default()
         }
     }
 
@@ -162,5 +181,9 @@ impl LayerFs for RecordingLayerFs {
         Ok(self
             .calls()
             .contains(&LayerFsCall::Opaque(dir.to_path_buf())))
+    }
+
+    fn free_bytes(&self, _path: &Path) -> io::Result<u64> {
+        Ok(self.free.unwrap_or(u64::MAX))
     }
 }

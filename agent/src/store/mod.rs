@@ -12,6 +12,12 @@
 //! Every write is staged in `tmp/` and renamed into place once complete and fsynced, so a
 //! crash never leaves a half blob, half layer or half ref where readers look. A layer
 //! directory that already exists is reused, never unpacked twice.
+//!
+//! The store root, `layers/` and `tmp/` are mode `0700` (set at every open): layers keep the
+//! setuid/setgid bits images ship for use inside containers, and no host user but root can
+//! reach them. Overlay mounts are made by root before a container enters its user namespace,
+//! so containers are not affected. A layer blob whose declared size exceeds the store's free
+//! space is refused before it is copied (see also `unpack` for files inside a layer).
 
 pub mod archive;
 pub mod blobs;
@@ -26,6 +32,7 @@ pub mod unpack;
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -149,6 +156,25 @@ pub enum StoreError {
         /// Digest of the uncompressed stream.
         actual: String,
     },
+    /// A blob declares more bytes than the store's filesystem has free.
+    #[error(
+        "not enough space in the image store for {what} {digest}: it declares {needed} bytes \
+         and {free} bytes are free in {}; remove unused images (`berthctl prune`) or grow the \
+         state partition",
+        path.display()
+    )]
+    NoSpace {
+        /// "layer blob".
+        what: &'static str,
+        /// Its digest.
+        digest: String,
+        /// Its declared size.
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+        /// The store root.
+        path: PathBuf,
+    },
     /// A layer could not be unpacked (hostile or corrupt content).
     #[error("layer {layer}: {source}")]
     Unpack {
@@ -237,6 +263,17 @@ impl Store {
             root.join("tmp"),
         ] {
             fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        }
+        // Root only: layers hold setuid files meant for containers, never for host users.
+        for dir in [root.to_path_buf(), root.join("layers"), root.join("tmp")] {
+            let mode = fs::metadata(&dir)
+                .map_err(io_err("inspect", &dir))?
+                .permissions()
+                .mode();
+            if mode & 0o777 != 0o700 {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                    .map_err(io_err("restrict to root", &dir))?;
+            }
         }
         let staging = Staging::new(root.join("tmp"));
         staging
@@ -373,6 +410,7 @@ impl Store {
         let mut layer_dirs = Vec::with_capacity(chains.len());
         for ((layer, diff_id), chain_id) in manifest.layers().iter().zip(diff_ids).zip(&chains) {
             let compression = layer_compression(layer)?;
+            self.check_space("layer blob", layer)?;
             let blob = self.ingest(layout, layer)?;
             let dir = self.layer_dir(chain_id)?;
             if !dir.is_dir() {
@@ -506,6 +544,28 @@ impl Store {
             config: image_config(&config),
             layer_dirs,
         })
+    }
+
+    /// Refuses a blob not yet stored whose declared size exceeds the store's free space.
+    fn check_space(&self, what: &'static str, desc: &Descriptor) -> Result<(), StoreError> {
+        let digest = desc.digest().to_string();
+        if self.blob_if_present(&digest).is_some() {
+            return Ok(());
+        }
+        let free = self
+            .fs_ops
+            .free_bytes(&self.root)
+            .map_err(io_err("read the free space of", &self.root))?;
+        if desc.size() > free {
+            return Err(StoreError::NoSpace {
+                what,
+                digest,
+                needed: desc.size(),
+                free,
+                path: self.root.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Copies the blob `desc` from the layout into `blobs/`, verified.

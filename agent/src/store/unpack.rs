@@ -6,22 +6,31 @@
 //!   `lstat`, never following a symlink), so `a -> /etc` followed by `a/passwd` is refused;
 //! - hard links may only point at entries already extracted into the same layer;
 //! - character/block devices and fifos are refused (a layer has no business shipping them;
-//!   `/dev` is provided by the runtime);
-//! - regular files are created with `O_NOFOLLOW | O_EXCL`.
+//!   `/dev` is provided by the runtime), and so is any entry type tar does not define (tar has
+//!   no socket type; GNU tar skips sockets, and a made-up type flag is refused, never guessed);
+//! - a whiteout must name one plain entry in a directory of the layer: `.wh.`, `.wh..`,
+//!   `.wh...` and whiteouts below a symlink are refused;
+//! - regular files are created with `O_NOFOLLOW | O_EXCL`;
+//! - a regular file larger than the space left on the store's filesystem (`statvfs`, through
+//!   [`LayerFs::free_bytes`]) is refused before its data is read, and running out of space
+//!   anyway (`ENOSPC`, `EDQUOT`) is reported as such; the caller removes the half layer.
 //!
 //! OCI whiteouts are converted to their overlayfs form: `.wh.NAME` becomes a 0/0 character
 //! device at `NAME`, `.wh..wh..opq` sets `trusted.overlay.opaque=y` on its directory. Both
 //! need root; the calls go through [`LayerFs`].
 //!
 //! Symlink targets are stored verbatim: they are resolved inside the container root later.
-//! Mode bits (setuid/setgid/sticky included) are kept as in the tar; ownership is set to the
+//! Mode bits (setuid/setgid/sticky included) are kept as in the tar: images legitimately ship
+//! setuid binaries for use inside the container (where `no_new_privs` neuters them for the
+//! default process). On the host they are only data: the store is `0700` root (see the store
+//! module), so no other host user can reach, let alone execute, them. Ownership is set to the
 //! tar's uid/gid, and `EPERM` from that is ignored (an unprivileged import keeps our uid).
 //! Directory modes are applied at the end, so a read-only directory can still be filled.
 //! Extended attributes in PAX headers and file times other than regular files' mtime are not
 //! restored.
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -108,6 +117,32 @@ pub enum UnpackError {
         expected: u64,
         /// Bytes actually available.
         got: u64,
+    },
+    /// A file is larger than the free space left on the store's filesystem.
+    #[error(
+        "layer entry `{entry}` is refused: not enough space in the image store: it declares \
+         {needed} bytes and {free} bytes are free; remove unused images (`berthctl prune`) or \
+         grow the state partition"
+    )]
+    NoSpace {
+        /// The entry path.
+        entry: String,
+        /// Its size in the tar header.
+        needed: u64,
+        /// Bytes free on the store's filesystem.
+        free: u64,
+    },
+    /// The store's filesystem filled up while the layer was written.
+    #[error(
+        "layer entry `{entry}`: not enough space in the image store: the filesystem is full; \
+         remove unused images (`berthctl prune`) or grow the state partition"
+    )]
+    StoreFull {
+        /// The entry being written.
+        entry: String,
+        /// `ENOSPC` or `EDQUOT`.
+        #[source]
+        source: io::Error,
     },
     /// The tar stream (or its decompression) is corrupt or truncated.
     #[error("layer tar stream is corrupt or truncated")]
@@ -242,6 +277,18 @@ pub fn unpack_layer<R: Read>(
             EntryType::Regular | EntryType::Continuous => {
                 x.clear(&target)?;
                 let expected = entry.size();
+                if expected > 0 {
+                    let free = fs_ops
+                        .free_bytes(dest)
+                        .map_err(|e| x.io("read the free space of the store", e))?;
+                    if expected > free {
+                        return Err(UnpackError::NoSpace {
+                            entry: raw_name,
+                            needed: expected,
+                            free,
+                        });
+                    }
+                }
                 let mut file = OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -249,8 +296,7 @@ pub fn unpack_layer<R: Read>(
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&target)
                     .map_err(|e| x.io("create the file", e))?;
-                let got = io::copy(&mut entry, &mut file)
-                    .map_err(|source| UnpackError::Stream { source })?;
+                let got = x.copy_data(&mut entry, &mut file)?;
                 if got != expected {
                     return Err(UnpackError::Truncated {
                         entry: raw_name,
@@ -365,10 +411,34 @@ struct Extractor<'a> {
 
 impl Extractor<'_> {
     fn io(&self, op: &'static str, source: io::Error) -> UnpackError {
+        if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+            return UnpackError::StoreFull {
+                entry: self.entry.to_string(),
+                source,
+            };
+        }
         UnpackError::Io {
             entry: self.entry.to_string(),
             op,
             source,
+        }
+    }
+
+    /// Copies an entry's data: read errors are the stream's, write errors the store's.
+    fn copy_data(&self, from: &mut impl Read, to: &mut fs::File) -> Result<u64, UnpackError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(UnpackError::Stream { source }),
+            };
+            let chunk = buf.get(..n).unwrap_or_default();
+            to.write_all(chunk)
+                .map_err(|e| self.io("write the file", e))?;
+            total = total.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
         }
     }
 
@@ -454,6 +524,35 @@ mod tests {
         let tar = tar_from_entries(entries).unwrap();
         let result = unpack_layer(&tar[..], &dir.path().join("layer"), fs_ops);
         (dir, result)
+    }
+
+    #[test]
+    fn a_file_larger_than_the_free_space_is_refused_before_its_data() {
+        let fake = RecordingLayerFs::with_free_bytes(1000);
+        let (dir, result) = unpack(
+            &[
+                TarEntry::file("small", &[1u8; 1000]),
+                TarEntry::file("big", &[1u8; 1001]),
+            ],
+            &fake,
+        );
+        let err = result.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UnpackError::NoSpace {
+                    needed: 1001,
+                    free: 1000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with(
+            "layer entry `big` is refused: not enough space in the image store: it declares 1001 bytes and 1000 bytes are free"
+        ));
+        assert!(dir.path().join("layer/small").is_file());
+        assert!(!dir.path().join("layer/big").exists());
     }
 
     #[test]

@@ -1010,13 +1010,15 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
         let mut report = crate::api::ApplyReport::default();
         for plan in plans {
             match self.slot(&plan.name) {
+                // One an earlier apply removed and that is still going away comes back new.
                 None => report.added.push(plan.name.clone()),
+                Some(slot) if slot.remove => report.added.push(plan.name.clone()),
                 Some(slot) if slot.plan == *plan => report.unchanged.push(plan.name.clone()),
                 Some(_) => report.changed.push(plan.name.clone()),
             }
         }
         for slot in &self.slots {
-            if !plans.iter().any(|p| p.name == slot.plan.name) {
+            if !slot.remove && !plans.iter().any(|p| p.name == slot.plan.name) {
                 report.removed.push(slot.plan.name.clone());
             }
         }
@@ -1048,7 +1050,10 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
                 self.slots.push(Slot::new(plan));
                 continue;
             };
-            if self.slots[index].plan == plan {
+            // An earlier apply removed it and it has not gone yet (applies in quick
+            // succession): it stays, restarted with this plan once stopped.
+            let coming_back = std::mem::take(&mut self.slots[index].remove);
+            if self.slots[index].plan == plan && !coming_back {
                 continue;
             }
             let name = plan.name.clone();
@@ -2034,6 +2039,31 @@ mod tests {
             ])
             .changed
             .is_empty());
+    }
+
+    #[test]
+    fn a_container_removed_and_applied_again_before_it_is_gone_comes_back() {
+        let runner = FakeRunner {
+            term_exits: vec![Pid::from_raw(101)],
+            ..FakeRunner::default()
+        };
+        let (mut sup, _clock) = supervised(vec![plan("a", Signal::SIGTERM)], runner);
+        sup.start_all();
+        let pending = plan("p", Signal::SIGTERM);
+        // a removed (still stopping), then applied again before any tick; p is added,
+        // removed while pending, and applied again, all before a tick.
+        sup.reconcile(vec![pending.clone()]);
+        sup.reconcile(vec![]);
+        let report = sup.diff(&[plan("a", Signal::SIGTERM), pending.clone()]);
+        assert_eq!(report.added, ["a", "p"]);
+        assert!(report.removed.is_empty() && report.unchanged.is_empty());
+        sup.reconcile(vec![plan("a", Signal::SIGTERM), pending]);
+        sup.tick();
+        sup.tick();
+        assert!(sup.pid_of("a").is_some(), "a runs again");
+        assert_ne!(sup.pid_of("a"), Some(Pid::from_raw(101)));
+        assert!(sup.pid_of("p").is_some(), "p runs");
+        assert!(sup.runner().forgotten.is_empty());
     }
 
     #[test]

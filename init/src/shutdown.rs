@@ -270,6 +270,10 @@ pub(crate) mod fake {
         pub next_pid: i32,
         /// Results of `spawn`: true = the process exits after that long.
         pub spawn_lifetimes: VecDeque<Result<Duration, String>>,
+        /// The specs `spawn` was called with.
+        pub spawned: Vec<AgentSpec>,
+        /// `fd_store` fails with this.
+        pub fd_store_error: Option<String>,
     }
 
     impl FakeSys {
@@ -317,7 +321,18 @@ pub(crate) mod fake {
                 no_children: self.procs.is_empty(),
             }
         }
+        fn fd_store(&mut self) -> Result<(i32, i32), String> {
+            self.calls.push("fd_store".to_string());
+            match &self.fd_store_error {
+                Some(e) => Err(e.clone()),
+                None => Ok((10, 11)),
+            }
+        }
+        fn record_reaped(&mut self, pid: i32, code: i32) {
+            self.calls.push(format!("record-reaped {pid} {code}"));
+        }
         fn spawn(&mut self, spec: &AgentSpec) -> Result<i32, String> {
+            self.spawned.push(spec.clone());
             self.calls.push(format!(
                 "spawn {} at {}",
                 spec.path.display(),

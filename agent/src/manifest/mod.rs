@@ -289,6 +289,8 @@ pub struct ContainerSpec {
     pub read_only: bool,
     /// Run in a user namespace: container root maps to an unprivileged host range.
     pub userns: bool,
+    /// `pid`: its own PID namespace (default) or the host's.
+    pub pid: PidMode,
     /// Volumes, bind mounts and tmpfs mounts, in manifest order.
     pub mounts: Vec<MountDecl>,
     /// `restart`: what happens when its process ends (default: never restarted).
@@ -311,6 +313,30 @@ pub struct ContainerSpec {
     pub ip: Option<Ipv4Addr>,
     /// `ports`: published ports (bridge network only).
     pub ports: Vec<PortMapping>,
+}
+
+/// A container's `pid`: which PID namespace it runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PidMode {
+    /// Its own PID namespace: it is PID 1 and sees only its own processes (the default).
+    #[default]
+    Private,
+    /// The host's PID namespace: it sees (and, with the capability, signals) every process
+    /// of the host, like Docker's `--pid=host`. For debugging containers.
+    Host,
+}
+
+impl PidMode {
+    /// From its manifest spelling.
+    pub fn parse(s: &str) -> Result<PidMode, String> {
+        match s {
+            "private" => Ok(PidMode::Private),
+            "host" => Ok(PidMode::Host),
+            other => Err(format!(
+                "pid {other:?} is not known; write \"private\" (own PID namespace, the default) or \"host\" (see the host's processes)"
+            )),
+        }
+    }
 }
 
 impl ContainerSpec {

@@ -758,3 +758,42 @@ mode = "1777"
         assert!(std::error::Error::source(&e).is_some());
     }
 }
+
+#[cfg(test)]
+mod pid_mode_tests {
+    use std::path::Path;
+
+    use super::{Manifest, PidMode};
+
+    const HEAD: &str =
+        "version = 1\n[images]\nbusybox = { source = \"oci-layout:images/busybox\" }\n";
+
+    fn parse(body: &str) -> Result<Manifest, String> {
+        Manifest::parse(&format!("{HEAD}{body}"), Path::new("m.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn pid_is_private_unless_host_is_asked_for() {
+        let m = parse(
+            "[containers.debug]\nimage = \"busybox\"\npid = \"host\"\n[containers.web]\nimage = \"busybox\"\n[containers.p]\nimage = \"busybox\"\npid = \"private\"\n",
+        )
+        .unwrap();
+        assert_eq!(m.containers["debug"].pid, PidMode::Host);
+        assert_eq!(m.containers["web"].pid, PidMode::Private);
+        assert_eq!(m.containers["p"].pid, PidMode::Private);
+    }
+
+    #[test]
+    fn bad_pid_values_are_located_and_explained() {
+        let err = parse("[containers.debug]\nimage = \"busybox\"\npid = \"container\"\n")
+            .unwrap_err();
+        assert!(err.contains("m.toml:6:7"), "{err}");
+        assert!(err.contains("pid \"container\" is not known"), "{err}");
+        let err = parse("[containers.debug]\nimage = \"busybox\"\npid = \"host\"\nuserns = true\n")
+            .unwrap_err();
+        assert!(
+            err.contains("pid = \"host\" cannot be combined with userns = true"),
+            "{err}"
+        );
+    }
+}

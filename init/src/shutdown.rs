@@ -144,6 +144,13 @@ impl Shutdown {
             },
             Phase::WaitAgent { pid, deadline } => {
                 let reaped = sys.reap();
+                // Containers a restarted agent adopted are PID 1's children: the agent
+                // stopping them reads their codes from these records.
+                for (other, code) in &reaped.exited {
+                    if *other != pid {
+                        sys.record_reaped(*other, *code);
+                    }
+                }
                 if reaped.exited.iter().any(|(p, _)| *p == pid) || reaped.no_children {
                     sys.log("agent stopped");
                     Phase::TermAll
@@ -533,5 +540,22 @@ mod tests {
         sd.run(&mut sys);
         assert_eq!(sys.calls[0], "sync");
         assert!(!sys.calls.iter().any(|c| c.starts_with("kill")));
+    }
+
+    #[test]
+    fn orphans_reaped_while_the_agent_stops_are_recorded_for_it() {
+        let mut sys = sys_with(vec![
+            proc(10, Some(Duration::from_secs(3))),
+            FakeProc {
+                pid: 12,
+                dies_after_term: None,
+                exit_at: Some(Duration::from_secs(1)),
+            },
+        ]);
+        let mut sd = Shutdown::new(Power::PowerOff, Some(10), Duration::from_secs(20));
+        sd.run(&mut sys);
+        let recorded = index(&sys.calls, "record-reaped 12 0");
+        assert!(recorded < index(&sys.calls, "reaped 10"));
+        assert!(!sys.calls.contains(&"record-reaped 10 0".to_string()));
     }
 }

@@ -89,7 +89,10 @@ impl Ctl {
         let (code, out, err) = self.run(&["logs", "ticker"]);
         assert_eq!(code, 0, "{err}");
         out.lines()
-            .filter_map(|l| l.rsplit_once("count ").and_then(|(_, n)| n.trim().parse().ok()))
+            .filter_map(|l| {
+                l.rsplit_once("count ")
+                    .and_then(|(_, n)| n.trim().parse().ok())
+            })
             .collect()
     }
 
@@ -115,7 +118,11 @@ fn kill_berthd_and_check(guest: &mut Guest, ctl: &Ctl, ticker_pid: i64) {
     let (code, out, err) = ctl.run(&["exec", "debug", "--", "/bin/sh", "-c", FIND_BERTHD]);
     assert_eq!(code, 0, "{err}");
     let pids: Vec<i64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    assert_eq!(pids.len(), 1, "berthd pids seen from the debug container: {out:?}");
+    assert_eq!(
+        pids.len(),
+        1,
+        "berthd pids seen from the debug container: {out:?}"
+    );
     let berthd = pids[0];
 
     let before = ctl.counts();
@@ -153,7 +160,10 @@ fn kill_berthd_and_check(guest: &mut Guest, ctl: &Ctl, ticker_pid: i64) {
     let after = ctl.counts_beyond(last_before + 10);
     let max = *after.last().unwrap();
     let missing: Vec<u64> = (0..=max).filter(|n| !after.contains(n)).collect();
-    assert!(missing.len() <= 1, "counter values missing from the log: {missing:?}");
+    assert!(
+        missing.len() <= 1,
+        "counter values missing from the log: {missing:?}"
+    );
 }
 
 #[test]
@@ -174,10 +184,7 @@ fn berthd_killed_twice_readopts_its_containers() {
         .wait_for("berth: api listening on tcp 0.0.0.0:7070", STEP)
         .unwrap();
     guest.wait_for("berth: ready containers=2/2", STEP).unwrap();
-    let ctl = Ctl {
-        exe: berthctl,
-        api,
-    };
+    let ctl = Ctl { exe: berthctl, api };
     let (ticker_pid, restarts) = ctl.status("ticker");
     assert_eq!(restarts, 0);
     ctl.counts_beyond(5);

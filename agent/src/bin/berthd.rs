@@ -109,6 +109,19 @@ fn main() -> ExitCode {
         }
     };
     console::emit(&Event::AgentStarted);
+    // PID 1's fd store, made close-on-exec before any child is started.
+    let mut store = match FdStore::from_env() {
+        Ok(store) => store,
+        Err(e) => {
+            console::emit(&Event::Warning {
+                what: format!(
+                    "{}; containers are started again if berthd restarts",
+                    error_chain(&e)
+                ),
+            });
+            None
+        }
+    };
     if let Err(e) = runtime::become_subreaper() {
         console::emit(&Event::Error {
             what: format!("cannot become a child subreaper, containers cannot be reaped: {e}"),
@@ -185,18 +198,6 @@ fn main() -> ExitCode {
     runner.network = network.clone();
     // Containers the previous berthd left running (it was killed and PID 1 restarted it)
     // are taken over; the others in its state file are killed and start again below.
-    let mut store = match FdStore::from_env() {
-        Ok(store) => store,
-        Err(e) => {
-            console::emit(&Event::Warning {
-                what: format!(
-                    "{}; containers are started again if berthd restarts",
-                    error_chain(&e)
-                ),
-            });
-            None
-        }
-    };
     let adoptions = supervisor::adopt::recover(
         &run_dir,
         store.as_mut(),

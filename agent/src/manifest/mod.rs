@@ -785,8 +785,8 @@ mod pid_mode_tests {
 
     #[test]
     fn bad_pid_values_are_located_and_explained() {
-        let err = parse("[containers.debug]\nimage = \"busybox\"\npid = \"container\"\n")
-            .unwrap_err();
+        let err =
+            parse("[containers.debug]\nimage = \"busybox\"\npid = \"container\"\n").unwrap_err();
         assert!(err.contains("m.toml:6:7"), "{err}");
         assert!(err.contains("pid \"container\" is not known"), "{err}");
         let err = parse("[containers.debug]\nimage = \"busybox\"\npid = \"host\"\nuserns = true\n")

@@ -118,6 +118,9 @@ impl Payload {
     }
 }
 
+/// A received message: its payload (`None` when unreadable) and the descriptors it carried.
+type Received = (Option<Payload>, Vec<OwnedFd>);
+
 /// A container's output pipes, as held by the store.
 #[derive(Debug)]
 pub struct Entry {
@@ -235,7 +238,7 @@ impl FdStore {
     }
 
     /// One queued message, `None` when the queue is empty.
-    fn receive_one(&self) -> Result<Option<(Option<Payload>, Vec<OwnedFd>)>, FdStoreError> {
+    fn receive_one(&self) -> Result<Option<Received>, FdStoreError> {
         let mut buf = vec![0u8; MAX_PAYLOAD];
         let mut cmsg = nix::cmsg_space!([RawFd; 8]);
         let (len, fds) = loop {

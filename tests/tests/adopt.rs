@@ -128,7 +128,8 @@ fn kill_berthd_and_check(guest: &mut Guest, ctl: &Ctl, ticker_pid: i64) {
     let before = ctl.counts();
     let last_before = *before.last().expect("ticker logged nothing");
     // berthd dies while serving this request: the answer may never come.
-    let _ = ctl.run(&["exec", "debug", "--", "kill", "-9", &berthd.to_string()]);
+    let kill = format!("kill -9 {berthd}");
+    let _ = ctl.run(&["exec", "debug", "--", "/bin/sh", "-c", &kill]);
 
     guest.wait_for("agent exited code=137", STEP).unwrap();
     guest.wait_for("berth: agent started", STEP).unwrap();

@@ -79,7 +79,8 @@ impl Pid1 {
                 Ok(())
             });
         }
-        // Reaped with waitpid(-1), like PID 1 does.
+        // Reaped with waitpid(-1) in `reap`, like PID 1 does.
+        #[allow(clippy::zombie_processes)]
         let child = cmd.spawn().unwrap();
         self.agent = Some(Pid::from_raw(child.id() as i32));
     }

@@ -328,17 +328,6 @@ impl FdStore {
     }
 }
 
-/// Whether `error` is the "queue full" error of a store send.
-pub fn is_full(error: &FdStoreError) -> bool {
-    matches!(
-        error,
-        FdStoreError::Send {
-            source: Errno::EAGAIN | Errno::ENOBUFS,
-            ..
-        }
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,11 +418,5 @@ mod tests {
             let err = parse_env(bad).unwrap_err();
             assert!(err.to_string().contains("SEND,RECEIVE"), "{bad}: {err}");
         }
-        let full = FdStoreError::Send {
-            container: "a".into(),
-            source: Errno::EAGAIN,
-        };
-        assert!(is_full(&full));
-        assert!(!is_full(&FdStoreError::LostMarker));
     }
 }

@@ -11,8 +11,13 @@ use std::io::Write;
 pub enum Event<'a> {
     /// berthd is up.
     AgentStarted,
-    /// A container's process was started.
-    Running { container: &'a str, pid: i32 },
+    /// A container's process was started, or (`adopted`) found running when berthd started
+    /// and taken over.
+    Running {
+        container: &'a str,
+        pid: i32,
+        adopted: bool,
+    },
     /// A container's process ended with an exit code (128+N when killed by signal N), and
     /// why when the kernel said so (`oom`: the OOM killer struck in its cgroup).
     Exited {
@@ -84,8 +89,16 @@ impl fmt::Display for Event<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Event::AgentStarted => write!(f, "berth: agent started"),
-            Event::Running { container, pid } => {
-                write!(f, "berth: container={container} state=running pid={pid}")
+            Event::Running {
+                container,
+                pid,
+                adopted,
+            } => {
+                write!(f, "berth: container={container} state=running pid={pid}")?;
+                if *adopted {
+                    write!(f, " adopted")?;
+                }
+                Ok(())
             }
             Event::Exited {
                 container,
@@ -215,10 +228,20 @@ mod tests {
         assert_eq!(
             Event::Running {
                 container: "web",
-                pid: 42
+                pid: 42,
+                adopted: false,
             }
             .to_string(),
             "berth: container=web state=running pid=42"
+        );
+        assert_eq!(
+            Event::Running {
+                container: "web",
+                pid: 42,
+                adopted: true,
+            }
+            .to_string(),
+            "berth: container=web state=running pid=42 adopted"
         );
         assert_eq!(
             Event::Exited {

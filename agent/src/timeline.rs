@@ -270,7 +270,8 @@ mod tests {
             t.observe(
                 &Event::Running {
                     container: "web",
-                    pid: 7
+                    pid: 7,
+                    adopted: false,
                 },
                 700
             ),
@@ -280,6 +281,7 @@ mod tests {
             &Event::Running {
                 container: "db",
                 pid: 8,
+                adopted: false,
             },
             710,
         );

@@ -70,6 +70,7 @@ fn init_config(state: &Path, name: &str, layer: &Path, args: &[&str]) -> InitCon
         cgroup: None,
         security: Default::default(),
         network: Default::default(),
+        host_pid: false,
     }
 }
 

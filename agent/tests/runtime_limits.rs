@@ -60,6 +60,7 @@ fn config(state: &Path, name: &str, layer: &Path, script: &str) -> InitConfig {
         cgroup: None,
         security: Default::default(),
         network: Default::default(),
+        host_pid: false,
     }
 }
 

@@ -82,6 +82,7 @@ fn config(
         cgroup: None,
         security,
         network: Default::default(),
+        host_pid: false,
     }
 }
 

@@ -158,6 +158,7 @@ fn agent_spec(path: &Path, mode: state::StateMode, timeline: &str) -> AgentSpec 
             ("BERTH_STATE_DIR".to_string(), state::STATE_DIR.to_string()),
             (timeline::AGENT_ENV.to_string(), timeline.to_string()),
         ],
+        fds: Vec::new(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::agent::Supervisor;
 use crate::shutdown::Shutdown;
-use crate::sys::{AgentSpec, Sys};
+use crate::sys::{AgentSpec, Sys, FDSTORE_ENV};
 
 /// After this many panics during one shutdown, skip to sync + unmount + reboot.
 const SHUTDOWN_PANIC_LIMIT: u32 = 3;
@@ -20,6 +20,9 @@ pub struct Pid1 {
     supervisor: Supervisor,
     shutdown: Option<Shutdown>,
     shutdown_panics: u32,
+    /// The agent's fd store (send, receive), created before the first start: `None` until
+    /// then, `Some(None)` when it could not be created.
+    fd_store: Option<Option<(i32, i32)>>,
 }
 
 impl Pid1 {
@@ -31,7 +34,30 @@ impl Pid1 {
             supervisor: Supervisor::default(),
             shutdown: None,
             shutdown_panics: 0,
+            fd_store: None,
         }
+    }
+
+    /// How to start the agent this time: the configured spec plus the fd store (created on
+    /// the first call and handed to every agent after it).
+    fn agent_spec(&mut self, sys: &mut dyn Sys) -> AgentSpec {
+        let store = *self.fd_store.get_or_insert_with(|| match sys.fd_store() {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                sys.log(&format!(
+                    "warning: cannot create the agent's fd store ({e}); a restarted agent \
+                     restarts its containers"
+                ));
+                None
+            }
+        });
+        let mut spec = self.agent.clone();
+        if let Some((send, receive)) = store {
+            spec.env
+                .push((FDSTORE_ENV.to_string(), format!("{send},{receive}")));
+            spec.fds = vec![send, receive];
+        }
+        spec
     }
 
     /// Record that the loop panicked (called by the panic catcher before re-entering).
@@ -63,15 +89,18 @@ impl Pid1 {
         }
         let now = sys.now();
         for (pid, code) in sys.reap().exited {
-            if let Some(delay) = self.supervisor.reaped(pid, now) {
-                sys.log(&format!(
+            match self.supervisor.reaped(pid, now) {
+                Some(delay) => sys.log(&format!(
                     "agent exited code={code}, restarting in {}ms",
                     delay.as_millis()
-                ));
+                )),
+                // An orphan: a container whose agent died. The next agent reads its status.
+                None => sys.record_reaped(pid, code),
             }
         }
         if self.supervisor.start_due(now) {
-            match sys.spawn(&self.agent) {
+            let spec = self.agent_spec(sys);
+            match sys.spawn(&spec) {
                 Ok(pid) => {
                     self.supervisor.started(pid, now);
                     sys.log(&format!(
@@ -125,6 +154,7 @@ mod tests {
         AgentSpec {
             path: PathBuf::from("/usr/bin/berthd"),
             env: vec![("PATH".to_string(), "/usr/bin".to_string())],
+            fds: Vec::new(),
         }
     }
 
@@ -226,6 +256,50 @@ mod tests {
         assert_eq!(
             sys.calls.iter().filter(|c| c.starts_with("spawn")).count(),
             1
+        );
+    }
+
+    #[test]
+    fn every_agent_gets_the_same_fd_store_and_orphans_are_recorded() {
+        let mut sys = FakeSys::default();
+        sys.spawn_lifetimes.push_back(Ok(Duration::from_millis(10)));
+        // A container orphaned by the agent, reaped by PID 1.
+        sys.procs.push(crate::shutdown::fake::FakeProc {
+            pid: 500,
+            dies_after_term: None,
+            exit_at: Some(Duration::from_millis(5)),
+        });
+        let mut pid1 = Pid1::new(spec(), Duration::from_secs(20));
+        for _ in 0..4 {
+            assert!(pid1.step(&mut sys));
+        }
+        assert_eq!(sys.spawned.len(), 2);
+        for spawned in &sys.spawned {
+            assert_eq!(spawned.fds, vec![10, 11]);
+            assert!(spawned
+                .env
+                .contains(&("BERTH_FDSTORE".to_string(), "10,11".to_string())));
+            assert_eq!(spawned.env[0], ("PATH".to_string(), "/usr/bin".to_string()));
+        }
+        // Created once, before the first start.
+        assert_eq!(sys.calls.iter().filter(|c| *c == "fd_store").count(), 1);
+        assert!(sys.calls.contains(&"record-reaped 500 0".to_string()));
+        // The agent's own exit is not recorded as an orphan's.
+        assert!(!sys.calls.iter().any(|c| c.starts_with("record-reaped 1 ")));
+    }
+
+    #[test]
+    fn no_fd_store_still_starts_the_agent() {
+        let mut sys = FakeSys {
+            fd_store_error: Some("EMFILE".to_string()),
+            ..FakeSys::default()
+        };
+        let mut pid1 = Pid1::new(spec(), Duration::from_secs(20));
+        pid1.step(&mut sys);
+        assert_eq!(sys.spawned.len(), 1);
+        assert!(sys.spawned[0].fds.is_empty());
+        assert!(
+            sys.log_lines()[0].starts_with("warning: cannot create the agent's fd store (EMFILE)")
         );
     }
 }

@@ -144,6 +144,13 @@ impl Shutdown {
             },
             Phase::WaitAgent { pid, deadline } => {
                 let reaped = sys.reap();
+                // Containers a restarted agent adopted are PID 1's children: the agent
+                // stopping them reads their codes from these records.
+                for (other, code) in &reaped.exited {
+                    if *other != pid {
+                        sys.record_reaped(*other, *code);
+                    }
+                }
                 if reaped.exited.iter().any(|(p, _)| *p == pid) || reaped.no_children {
                     sys.log("agent stopped");
                     Phase::TermAll
@@ -270,6 +277,10 @@ pub(crate) mod fake {
         pub next_pid: i32,
         /// Results of `spawn`: true = the process exits after that long.
         pub spawn_lifetimes: VecDeque<Result<Duration, String>>,
+        /// The specs `spawn` was called with.
+        pub spawned: Vec<AgentSpec>,
+        /// `fd_store` fails with this.
+        pub fd_store_error: Option<String>,
     }
 
     impl FakeSys {
@@ -317,7 +328,18 @@ pub(crate) mod fake {
                 no_children: self.procs.is_empty(),
             }
         }
+        fn fd_store(&mut self) -> Result<(i32, i32), String> {
+            self.calls.push("fd_store".to_string());
+            match &self.fd_store_error {
+                Some(e) => Err(e.clone()),
+                None => Ok((10, 11)),
+            }
+        }
+        fn record_reaped(&mut self, pid: i32, code: i32) {
+            self.calls.push(format!("record-reaped {pid} {code}"));
+        }
         fn spawn(&mut self, spec: &AgentSpec) -> Result<i32, String> {
+            self.spawned.push(spec.clone());
             self.calls.push(format!(
                 "spawn {} at {}",
                 spec.path.display(),
@@ -518,5 +540,22 @@ mod tests {
         sd.run(&mut sys);
         assert_eq!(sys.calls[0], "sync");
         assert!(!sys.calls.iter().any(|c| c.starts_with("kill")));
+    }
+
+    #[test]
+    fn orphans_reaped_while_the_agent_stops_are_recorded_for_it() {
+        let mut sys = sys_with(vec![
+            proc(10, Some(Duration::from_secs(3))),
+            FakeProc {
+                pid: 12,
+                dies_after_term: None,
+                exit_at: Some(Duration::from_secs(1)),
+            },
+        ]);
+        let mut sd = Shutdown::new(Power::PowerOff, Some(10), Duration::from_secs(20));
+        sd.run(&mut sys);
+        let recorded = index(&sys.calls, "record-reaped 12 0");
+        assert!(recorded < index(&sys.calls, "reaped 10"));
+        assert!(!sys.calls.contains(&"record-reaped 10 0".to_string()));
     }
 }

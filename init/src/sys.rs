@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,7 @@ use nix::sys::signal::{
     kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
 };
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -81,7 +82,17 @@ pub struct AgentSpec {
     pub path: PathBuf,
     /// The complete environment.
     pub env: Vec<(String, String)>,
+    /// Descriptors of PID 1 the agent inherits (the fd store's ends); all others are closed.
+    pub fds: Vec<i32>,
 }
+
+/// The environment variable naming the fd store's descriptors for the agent (`SEND,RECEIVE`).
+pub const FDSTORE_ENV: &str = "BERTH_FDSTORE";
+
+/// Where PID 1 records the exit code of each orphan it reaped (`PID` files holding the code):
+/// containers re-parented to PID 1 while berthd was down, whose status berthd reads when it
+/// re-adopted them (see the agent's `supervisor::adopt`).
+pub const REAPED_DIR: &str = "/run/berth/reaped";
 
 /// Every side effect the main loop and the shutdown sequence perform.
 pub trait Sys {
@@ -96,6 +107,13 @@ pub trait Sys {
     fn reap(&mut self) -> Reaped;
     /// Start the agent; returns its PID.
     fn spawn(&mut self, spec: &AgentSpec) -> Result<i32, String>;
+    /// Create the agent's fd store: a Unix datagram socket pair whose two ends PID 1 keeps
+    /// open for ever, so descriptors the agent sends to one end outlive the agent. Returns
+    /// the ends' descriptors (send, receive).
+    fn fd_store(&mut self) -> Result<(i32, i32), String>;
+    /// Record the exit code of a reaped process that was not the agent (a container orphaned
+    /// by a dead agent), for the next agent to read.
+    fn record_reaped(&mut self, pid: i32, code: i32);
     /// kill(2); `pid` -1 means every process but PID 1.
     fn kill(&mut self, pid: i32, signal: Signal) -> Result<(), Errno>;
     /// sync(2).
@@ -152,6 +170,8 @@ pub struct RealSys {
     signals: SignalFd,
     buttons: Vec<(PathBuf, File)>,
     start: Instant,
+    fd_store: Option<(OwnedFd, OwnedFd)>,
+    reaped_dir: PathBuf,
 }
 
 impl RealSys {
@@ -181,6 +201,8 @@ impl RealSys {
             signals,
             buttons,
             start: Instant::now(),
+            fd_store: None,
+            reaped_dir: PathBuf::from(REAPED_DIR),
         })
     }
 
@@ -315,15 +337,23 @@ impl Sys for RealSys {
 
     fn spawn(&mut self, spec: &AgentSpec) -> Result<i32, String> {
         let mut command = Command::new(&spec.path);
+        let fds = spec.fds.clone();
         // SAFETY: the closure runs between fork and exec and only calls the async-signal-safe
-        // sigemptyset and sigprocmask. The agent must not inherit PID 1's blocked signals
-        // (std resets SIGPIPE's disposition but not the mask); caught handlers reset on exec.
+        // sigemptyset, sigprocmask and fcntl, and allocates nothing (`fds` was built before the
+        // fork). The agent must not inherit PID 1's blocked signals (std resets SIGPIPE's
+        // disposition but not the mask); caught handlers reset on exec. The fd store's ends
+        // are close-on-exec in PID 1 and cleared here, in the child only.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
                 libc::sigemptyset(empty.as_mut_ptr());
                 if libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                for &fd in &fds {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -338,6 +368,32 @@ impl Sys for RealSys {
             .spawn()
             .map_err(|e| e.to_string())?;
         i32::try_from(child.id()).map_err(|e| e.to_string())
+    }
+
+    fn fd_store(&mut self) -> Result<(i32, i32), String> {
+        if self.fd_store.is_none() {
+            let pair = socketpair(
+                AddressFamily::Unix,
+                SockType::Datagram,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| e.to_string())?;
+            self.fd_store = Some(pair);
+        }
+        match &self.fd_store {
+            Some((send, receive)) => Ok((send.as_raw_fd(), receive.as_raw_fd())),
+            None => Err("no fd store".to_string()),
+        }
+    }
+
+    fn record_reaped(&mut self, pid: i32, code: i32) {
+        if let Err(e) = write_reaped(&self.reaped_dir, pid, code) {
+            crate::console::log(&format!(
+                "warning: cannot record the exit of orphan pid={pid} in {}: {e}",
+                self.reaped_dir.display()
+            ));
+        }
     }
 
     fn kill(&mut self, pid: i32, signal: Signal) -> Result<(), Errno> {
@@ -381,6 +437,15 @@ impl Sys for RealSys {
             Ok(never) => match never {},
         }
     }
+}
+
+/// Write `code` to `dir/PID` atomically (a temporary file renamed over it), so a reader never
+/// sees a partial file.
+pub fn write_reaped(dir: &Path, pid: i32, code: i32) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{pid}.tmp"));
+    std::fs::write(&tmp, format!("{code}\n"))?;
+    std::fs::rename(&tmp, dir.join(pid.to_string()))
 }
 
 /// Errors of the one-shot host setup calls.
@@ -522,6 +587,8 @@ mod tests {
             signals: SignalFd::with_flags(&SigSet::empty(), SfdFlags::SFD_CLOEXEC).unwrap(),
             buttons: Vec::new(),
             start: Instant::now(),
+            fd_store: None,
+            reaped_dir: tmp.path().join("reaped"),
         };
         // Block a signal in this thread, as PID 1 does, then spawn.
         let mut usr1 = SigSet::empty();
@@ -530,11 +597,55 @@ mod tests {
         let spec = AgentSpec {
             path: script,
             env: vec![("PATH".to_string(), "/usr/bin:/bin".to_string())],
+            fds: Vec::new(),
         };
         let pid = sys.spawn(&spec).unwrap();
         usr1.thread_unblock().unwrap();
         nix::sys::wait::waitpid(Pid::from_raw(pid), None).unwrap();
         let status = std::fs::read_to_string(&out).unwrap();
         assert_eq!(status.trim(), "SigBlk:\t0000000000000000");
+    }
+
+    #[test]
+    fn the_agent_inherits_the_fd_store_and_orphans_are_recorded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("fds");
+        let script = tmp.path().join("agent.sh");
+        let mut sys = RealSys {
+            signals: SignalFd::with_flags(&SigSet::empty(), SfdFlags::SFD_CLOEXEC).unwrap(),
+            buttons: Vec::new(),
+            start: Instant::now(),
+            fd_store: None,
+            reaped_dir: tmp.path().join("reaped"),
+        };
+        let (send, receive) = sys.fd_store().unwrap();
+        // Created once: every agent gets the same pair.
+        assert_eq!(sys.fd_store().unwrap(), (send, receive));
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nfor fd in {send} {receive}; do test -e /proc/self/fd/$fd && echo $fd; done > {}\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let spec = AgentSpec {
+            path: script,
+            env: vec![("PATH".to_string(), "/usr/bin:/bin".to_string())],
+            fds: vec![send, receive],
+        };
+        let pid = sys.spawn(&spec).unwrap();
+        nix::sys::wait::waitpid(Pid::from_raw(pid), None).unwrap();
+        let seen = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(seen, format!("{send}\n{receive}\n"));
+
+        sys.record_reaped(4321, 137);
+        sys.record_reaped(4321, 0);
+        let dir = tmp.path().join("reaped");
+        assert_eq!(std::fs::read_to_string(dir.join("4321")).unwrap(), "0\n");
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     }
 }

@@ -54,7 +54,7 @@ pub struct ContainerStatus {
     pub health: String,
     /// Host pid while running.
     pub pid: Option<i32>,
-    /// Restarts since berthd started.
+    /// Restarts since it was first started (kept when a restarted berthd re-adopts it).
     pub restarts: u32,
     /// Start of the current run, milliseconds since the Unix epoch.
     pub started_ms: Option<u64>,

@@ -17,6 +17,7 @@ use berth_agent::console::{self, Event};
 use berth_agent::manifest::{HostNetwork, Manifest};
 use berth_agent::net;
 use berth_agent::runtime::cgroup::{self, Cgroups};
+use berth_agent::runtime::fdstore::FdStore;
 use berth_agent::runtime::{self, init::error_chain, InitProgram, INIT_ARG};
 use berth_agent::supervisor::control::SAVED_MANIFEST;
 use berth_agent::supervisor::{
@@ -113,6 +114,19 @@ fn main() -> ExitCode {
         }
     };
     console::emit(&Event::AgentStarted);
+    // PID 1's fd store, made close-on-exec before any child is started.
+    let mut store = match FdStore::from_env() {
+        Ok(store) => store,
+        Err(e) => {
+            console::emit(&Event::Warning {
+                what: format!(
+                    "{}; containers are started again if berthd restarts",
+                    error_chain(&e)
+                ),
+            });
+            None
+        }
+    };
     if let Err(e) = runtime::become_subreaper() {
         console::emit(&Event::Error {
             what: format!("cannot become a child subreaper, containers cannot be reaped: {e}"),
@@ -221,6 +235,14 @@ fn main() -> ExitCode {
         .and_then(|m| setup_network(m, &state_dir, &run_dir, host_mtu));
     let mut runner = HostRunner::new(InitProgram::current_exe(), cgroups);
     runner.network = network.clone();
+    // Containers the previous berthd left running (it was killed and PID 1 restarted it)
+    // are taken over; the others in its state file are killed and start again below.
+    let adoptions = supervisor::adopt::recover(
+        &run_dir,
+        store.as_mut(),
+        plans.as_deref().unwrap_or_default(),
+    );
+    runner.enable_adoption(&run_dir, store);
     let reaped = runner.reaped.clone();
     let remote = remote_api.as_ref().map(|api| {
         let addr = std::net::SocketAddr::new(cli.remote_api_address, api.port);
@@ -260,6 +282,7 @@ fn main() -> ExitCode {
             .then(|| nix::unistd::Pid::from_raw(1)),
         network: network.clone(),
     };
+    sup.adopt(adoptions);
     if started {
         sup.start_all();
     }

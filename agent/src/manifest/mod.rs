@@ -294,6 +294,8 @@ pub struct ContainerSpec {
     pub read_only: bool,
     /// Run in a user namespace: container root maps to an unprivileged host range.
     pub userns: bool,
+    /// `pid`: its own PID namespace (default) or the host's.
+    pub pid: PidMode,
     /// Volumes, bind mounts and tmpfs mounts, in manifest order.
     pub mounts: Vec<MountDecl>,
     /// `restart`: what happens when its process ends (default: never restarted).
@@ -316,6 +318,30 @@ pub struct ContainerSpec {
     pub ip: Option<Ipv4Addr>,
     /// `ports`: published ports (bridge network only).
     pub ports: Vec<PortMapping>,
+}
+
+/// A container's `pid`: which PID namespace it runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PidMode {
+    /// Its own PID namespace: it is PID 1 and sees only its own processes (the default).
+    #[default]
+    Private,
+    /// The host's PID namespace: it sees (and, with the capability, signals) every process
+    /// of the host, like Docker's `--pid=host`. For debugging containers.
+    Host,
+}
+
+impl PidMode {
+    /// From its manifest spelling.
+    pub fn parse(s: &str) -> Result<PidMode, String> {
+        match s {
+            "private" => Ok(PidMode::Private),
+            "host" => Ok(PidMode::Host),
+            other => Err(format!(
+                "pid {other:?} is not known; write \"private\" (own PID namespace, the default) or \"host\" (see the host's processes)"
+            )),
+        }
+    }
 }
 
 impl ContainerSpec {
@@ -754,5 +780,44 @@ mode = "1777"
         assert_eq!(e.kind, ErrorKind::Read);
         assert_eq!(e.file, missing);
         assert!(std::error::Error::source(&e).is_some());
+    }
+}
+
+#[cfg(test)]
+mod pid_mode_tests {
+    use std::path::Path;
+
+    use super::{Manifest, PidMode};
+
+    const HEAD: &str =
+        "version = 1\n[images]\nbusybox = { source = \"oci-layout:images/busybox\" }\n";
+
+    fn parse(body: &str) -> Result<Manifest, String> {
+        Manifest::parse(&format!("{HEAD}{body}"), Path::new("m.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn pid_is_private_unless_host_is_asked_for() {
+        let m = parse(
+            "[containers.debug]\nimage = \"busybox\"\npid = \"host\"\n[containers.web]\nimage = \"busybox\"\n[containers.p]\nimage = \"busybox\"\npid = \"private\"\n",
+        )
+        .unwrap();
+        assert_eq!(m.containers["debug"].pid, PidMode::Host);
+        assert_eq!(m.containers["web"].pid, PidMode::Private);
+        assert_eq!(m.containers["p"].pid, PidMode::Private);
+    }
+
+    #[test]
+    fn bad_pid_values_are_located_and_explained() {
+        let err =
+            parse("[containers.debug]\nimage = \"busybox\"\npid = \"container\"\n").unwrap_err();
+        assert!(err.contains("m.toml:6:7"), "{err}");
+        assert!(err.contains("pid \"container\" is not known"), "{err}");
+        let err = parse("[containers.debug]\nimage = \"busybox\"\npid = \"host\"\nuserns = true\n")
+            .unwrap_err();
+        assert!(
+            err.contains("pid = \"host\" cannot be combined with userns = true"),
+            "{err}"
+        );
     }
 }

@@ -23,7 +23,7 @@ use super::schema::{
 use super::supervision::{self, Condition, HealthCheck, LogSettings, Probe, RestartPolicy};
 use super::{
     limits, rules, ContainerSpec, Host, ImageDecl, Manifest, MountDecl, NetworkDecl, Origin,
-    RemoteApi, SeccompProfile, DEFAULT_HOSTNAME, MIN_API_TOKEN, SUPPORTED_VERSIONS,
+    PidMode, RemoteApi, SeccompProfile, DEFAULT_HOSTNAME, MIN_API_TOKEN, SUPPORTED_VERSIONS,
 };
 
 /// Checks `version` (read by the probe before the full schema is applied).
@@ -726,6 +726,31 @@ fn container(
         c.record(format!("{key}.userns"), &u.span());
         u.into_inner()
     });
+    let mut pid = PidMode::default();
+    if let Some(p) = raw.pid {
+        c.record(format!("{key}.pid"), &p.span());
+        match PidMode::parse(p.get_ref()) {
+            Ok(mode) => pid = mode,
+            Err(message) => {
+                c.fail(
+                    ErrorKind::InvalidValue,
+                    &p.span(),
+                    format!("container {cname:?}: {message}"),
+                );
+                ok = false;
+            }
+        }
+        if pid == PidMode::Host && userns {
+            c.fail(
+                ErrorKind::InvalidValue,
+                &p.span(),
+                format!(
+                    "container {cname:?}: pid = \"host\" cannot be combined with userns = true (a user namespace cannot mount the host's /proc); remove one of them"
+                ),
+            );
+            ok = false;
+        }
+    }
     let mut mounts = Vec::new();
     let mut seen: Vec<(std::path::PathBuf, Location, usize)> = Vec::new();
     for (index, raw_mount) in raw.mounts.unwrap_or_default().into_iter().enumerate() {
@@ -796,6 +821,7 @@ fn container(
         seccomp,
         read_only,
         userns,
+        pid,
         mounts,
         restart,
         max_restarts,

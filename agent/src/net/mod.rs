@@ -463,6 +463,32 @@ impl Network {
         })
     }
 
+    /// Take over the network of container `name`, which was attached by the previous berthd
+    /// and still runs (see `supervisor::adopt`): its namespace, veth pair and address stay as
+    /// they are, its name files are rewritten in place and its published ports are added back
+    /// to the NAT table.
+    pub fn adopt(&mut self, name: &str) -> Result<(), NetError> {
+        let decl = self
+            .declared
+            .get(name)
+            .cloned()
+            .ok_or_else(|| NetError::Unknown(name.to_owned()))?;
+        self.write_files(name, &decl.hostname)?;
+        let (netns, veth) = match decl.mode {
+            NetworkMode::Host => (None, None),
+            NetworkMode::Bridge => (
+                Some(self.netns_path(name)),
+                self.address_of(name).map(veth_name),
+            ),
+            NetworkMode::None => (Some(self.netns_path(name)), None),
+        };
+        self.active.insert(name.to_owned(), Active { netns, veth });
+        if self.bridge_up && !decl.ports.is_empty() {
+            self.apply_rules()?;
+        }
+        Ok(())
+    }
+
     /// `lo` up; for a bridge container the veth pair, its address, its default route and its
     /// published ports.
     fn wire(

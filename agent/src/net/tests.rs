@@ -302,3 +302,33 @@ fn apply_rewrites_the_hosts_file_of_running_containers_in_place() {
         "the bind-mounted file itself changed"
     );
 }
+
+#[test]
+fn an_adopted_container_keeps_its_network_and_gets_its_ports_back() {
+    let mut r = rig(TWO);
+    r.netlink.clear();
+    // The previous berthd attached web; this one takes it over without touching the kernel's
+    // links or namespaces.
+    r.network.adopt("web").unwrap();
+    assert!(r.netlink.calls().is_empty(), "{:?}", r.netlink.calls());
+    {
+        let fw = r.firewall.lock().unwrap();
+        let published = &fw.current.as_ref().unwrap().published;
+        assert_eq!(published.len(), 2);
+        assert_eq!(published[0].container_ip.to_string(), "10.88.0.2");
+    }
+    let hosts = std::fs::read_to_string(r.run.join("containers/web/hosts")).unwrap();
+    assert!(hosts.contains("10.88.0.2\tweb\n"), "{hosts}");
+    r.network.adopt("tool").unwrap();
+    assert!(r.network.adopt("nope").is_err());
+    // When it ends, its veth and namespace go as for any container.
+    let nsd = r.run.join("netns/web").display().to_string();
+    r.network.detach("web");
+    assert_eq!(
+        r.netlink.calls(),
+        [
+            "[host] delete_link bv0a580002".to_owned(),
+            format!("[host] delete_netns {nsd}"),
+        ]
+    );
+}

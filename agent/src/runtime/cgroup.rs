@@ -393,6 +393,19 @@ pub struct Leaf {
 }
 
 impl Leaf {
+    /// The leaf of a container that was already running when berthd started (re-adopted
+    /// after a berthd restart): its OOM counter counts from now.
+    pub fn existing(path: PathBuf) -> Leaf {
+        let leaf = Leaf {
+            path,
+            oom_baseline: 0,
+        };
+        Leaf {
+            oom_baseline: leaf.oom_kills().unwrap_or(0),
+            ..leaf
+        }
+    }
+
     /// The leaf directory.
     pub fn path(&self) -> &Path {
         &self.path

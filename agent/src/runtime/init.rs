@@ -68,6 +68,9 @@ pub struct InitConfig {
     /// network module. Entered by berthd's forked child before the shim runs.
     #[serde(default)]
     pub network: NetworkNamespace,
+    /// Run in the host's PID namespace (`pid = "host"`) instead of a new one.
+    #[serde(default)]
+    pub host_pid: bool,
 }
 
 /// Which network namespace a container runs in.
@@ -374,6 +377,7 @@ mod tests {
             cgroup: None,
             security: SecuritySpec::default(),
             network: Default::default(),
+            host_pid: false,
         }
     }
 

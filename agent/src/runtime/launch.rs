@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 use super::init::{InitConfig, NetworkNamespace, Report, EXIT_SETUP_FAILED, INIT_ARG, REPORT_FD};
 
 /// Namespaces every container gets; the network namespace is chosen per container (see
-/// [`NetworkNamespace`]).
+/// [`NetworkNamespace`]) and `pid = "host"` leaves out the PID namespace.
 pub const NAMESPACES: libc::c_int = libc::CLONE_NEWNS
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWIPC
@@ -69,6 +69,8 @@ pub struct Launched {
     pub stdout: OwnedFd,
     /// Read end of its stderr.
     pub stderr: OwnedFd,
+    /// Its start time (see [`super::process_start_time`]; 0 when unreadable).
+    pub start_time: u64,
 }
 
 /// Why a container did not start.
@@ -150,10 +152,13 @@ pub fn launch(program: &InitProgram, cfg: &InitConfig) -> Result<Launched, Launc
         NetworkNamespace::New | NetworkNamespace::Host => None,
     };
     let netns_fd = netns.as_ref().map(AsRawFd::as_raw_fd);
-    let namespaces = match cfg.network {
+    let mut namespaces = match cfg.network {
         NetworkNamespace::New => NAMESPACES | libc::CLONE_NEWNET,
         NetworkNamespace::Host | NetworkNamespace::Join(_) => NAMESPACES,
     };
+    if cfg.host_pid {
+        namespaces &= !libc::CLONE_NEWPID;
+    }
     let cgroup_procs = match &cfg.cgroup {
         Some(dir) => Some(
             CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).map_err(|e| {
@@ -238,6 +243,7 @@ pub fn launch(program: &InitProgram, cfg: &InitConfig) -> Result<Launched, Launc
             pid: Pid::from_raw(pid),
             stdout: out_r,
             stderr: err_r,
+            start_time: super::process_start_time(pid).unwrap_or(0),
         }),
         Report::Failed { message, code } => Err(LaunchError::Container { message, code }),
     }

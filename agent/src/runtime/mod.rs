@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod exec;
+pub mod fdstore;
 pub mod init;
 pub mod launch;
 pub mod logfile;
@@ -37,6 +38,20 @@ pub fn exit_code(status: WaitStatus) -> Option<i32> {
     }
 }
 
+/// A process's start time in clock ticks since boot (`/proc/PID/stat` field 22): with the
+/// pid it names one process for good, since a reused pid gets a later start time.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    parse_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Field 22 of a `/proc/PID/stat` line. The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted after its last `)`.
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // `rest` starts at field 3 (state): field 22 is the 20th after it.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Make this process adopt orphaned descendants (the container processes whose init shim
 /// exited), so it can `waitpid` them.
 pub fn become_subreaper() -> nix::Result<()> {
@@ -45,6 +60,17 @@ pub fn become_subreaper() -> nix::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn start_time_is_field_22_even_with_odd_command_names() {
+        let stat =
+            "123 (a) b (c)) S 1 123 123 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(super::parse_start_time(stat), Some(98765));
+        assert_eq!(super::parse_start_time("123 (x) S 1"), None);
+        assert_eq!(super::parse_start_time("garbage"), None);
+        let own = super::process_start_time(std::process::id() as i32);
+        assert!(own.is_some());
+    }
+
     use nix::sys::signal::Signal;
     use nix::unistd::Pid;
 

@@ -187,6 +187,7 @@ mod tests {
             seccomp: crate::manifest::SeccompProfile::Default,
             read_only: false,
             userns: false,
+            pid: Default::default(),
             mounts: Vec::new(),
             restart: Default::default(),
             max_restarts: None,

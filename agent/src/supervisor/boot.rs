@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 
 use crate::manifest::{
     rules, Condition, ContainerSpec, HealthCheck, Location, LogSettings, Manifest, ManifestError,
-    MountDecl, NetworkMode, RestartPolicy,
+    MountDecl, NetworkMode, PidMode, RestartPolicy,
 };
 use crate::runtime::cgroup::CgroupLimits;
 use crate::runtime::rootfs::ContainerMount;
@@ -487,6 +487,7 @@ pub fn prepare_manifest_with(
                     NetworkMode::Host => NetworkNamespace::Host,
                     NetworkMode::Bridge | NetworkMode::None => NetworkNamespace::New,
                 },
+                host_pid: spec.pid == PidMode::Host,
             },
             stop_signal,
             stop_timeout: spec.stop_timeout,

@@ -23,6 +23,9 @@ pub enum EventKind {
     Running {
         /// Host pid.
         pid: i32,
+        /// It was already running when berthd started (re-adopted after a berthd restart).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        adopted: bool,
     },
     /// Its process ended (or never started).
     Exited {
@@ -110,9 +113,10 @@ impl Event {
         let failed;
         let line = match &self.kind {
             EventKind::Created => console::Event::Created { container: name },
-            EventKind::Running { pid } => console::Event::Running {
+            EventKind::Running { pid, adopted } => console::Event::Running {
                 container: name,
                 pid: *pid,
+                adopted: *adopted,
             },
             EventKind::Exited { code, reason } => console::Event::Exited {
                 container: name,

@@ -8,6 +8,7 @@
 //! the loop wakes up for), so a crash-looping container never delays the others. A container
 //! comes to life only in `Supervisor::start` and goes away only in `Supervisor::on_exit`.
 
+pub mod adopt;
 pub mod boot;
 pub mod clock;
 pub mod control;
@@ -20,7 +21,8 @@ pub mod signals;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::Path;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,7 @@ use crate::manifest::supervision;
 use crate::manifest::Probe;
 use crate::runtime::cgroup::{Cgroups, Leaf, Leaves};
 use crate::runtime::exec::{self, ExecConfig, Reaped};
+use crate::runtime::fdstore::{FdStore, Key};
 use crate::runtime::init::error_chain;
 use crate::runtime::logfile::{LogFile, Stream};
 use crate::runtime::output::Copier;
@@ -83,6 +86,12 @@ pub trait Runner {
     fn probe_results(&mut self) -> Vec<ProbeResult> {
         Vec::new()
     }
+    /// Take over container `plan`, running as `pid` since before berthd started (see
+    /// [`adopt`]): its cgroup leaf and network become this runner's, and its end is seen on
+    /// `pidfd`.
+    fn adopt(&mut self, _plan: &ContainerPlan, _pid: Pid, _pidfd: OwnedFd) {}
+    /// The running containers changed: record them so that a restarted berthd can adopt them.
+    fn persist(&mut self, _running: &[adopt::Record]) {}
 }
 
 /// A health check to run.
@@ -115,7 +124,7 @@ pub struct ProbeResult {
 const CGROUP_EMPTY_WAIT: Duration = Duration::from_secs(2);
 
 /// The real [`Runner`]: cgroups, namespaces, the init shim, waitpid.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct HostRunner {
     /// The init shim program.
     pub init: InitProgram,
@@ -127,6 +136,12 @@ pub struct HostRunner {
     pub reaped: Reaped,
     /// Container networking (bridge, namespaces, NAT), when berthd set it up.
     pub network: Option<std::sync::Arc<std::sync::Mutex<crate::net::Network>>>,
+    /// Where the runtime state file is kept, when berthd records it (see [`adopt`]).
+    state_file: Option<PathBuf>,
+    /// PID 1's fd store holding the containers' output pipes.
+    fdstore: Option<FdStore>,
+    /// Adopted containers (PID 1's children).
+    orphans: adopt::Orphans,
 }
 
 impl HostRunner {
@@ -140,7 +155,18 @@ impl HostRunner {
             probes: Arc::default(),
             reaped: Reaped::default(),
             network: None,
+            state_file: None,
+            fdstore: None,
+            orphans: adopt::Orphans::default(),
         }
+    }
+
+    /// Record the running containers in `run_dir` and their pipes in `store`, and watch
+    /// adopted ones, so that containers survive a berthd restart (see [`adopt`]).
+    pub fn enable_adoption(&mut self, run_dir: &Path, store: Option<FdStore>) {
+        self.state_file = Some(run_dir.join(adopt::STATE_FILE));
+        self.fdstore = store;
+        self.orphans = adopt::Orphans::new(run_dir.join(adopt::REAPED_DIR));
     }
 
     /// The container's leaf cgroup, `None` when cgroup v2 is unavailable and it asks for no
@@ -201,7 +227,63 @@ impl Runner for HostRunner {
                 let _ = leaf.remove(CGROUP_EMPTY_WAIT);
             }
         }
+        if let (Ok(l), Some(store)) = (&launched, &mut self.fdstore) {
+            let key = Key {
+                container: init.name.clone(),
+                pid: l.pid.as_raw(),
+                start_time: l.start_time,
+            };
+            if let Err(e) = store.put(&key, l.stdout.as_fd(), l.stderr.as_fd()) {
+                console::emit(&Event::Warning {
+                    what: format!(
+                        "{}; it is started again if berthd restarts",
+                        error_chain(&e)
+                    ),
+                });
+            }
+        }
         launched
+    }
+
+    fn adopt(&mut self, plan: &ContainerPlan, pid: Pid, pidfd: OwnedFd) {
+        if let Cgroups::Available(hierarchy) = &self.cgroups {
+            let path = hierarchy.leaf_path(&plan.name);
+            if path.is_dir() {
+                self.leaves.insert(plan.name.clone(), Leaf::existing(path));
+            }
+        }
+        if let Some(Ok(mut net)) = self.network.as_ref().map(|n| n.lock()) {
+            if let Err(e) = net.adopt(&plan.name) {
+                console::emit(&Event::Error {
+                    what: format!("container={}: {}", plan.name, error_chain(&e)),
+                });
+            }
+        }
+        self.orphans.watch(pid, pidfd);
+    }
+
+    fn persist(&mut self, running: &[adopt::Record]) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        if let Err(e) = adopt::save(path, running) {
+            console::emit(&Event::Warning {
+                what: error_chain(&e),
+            });
+        }
+        // Drop the pipes of containers that ended from the store.
+        if let Some(store) = &mut self.fdstore {
+            let kept = store.rotate(|key| {
+                running.iter().any(|r| {
+                    r.name == key.container && r.pid == key.pid && r.start_time == key.start_time
+                })
+            });
+            if let Err(e) = kept {
+                console::emit(&Event::Warning {
+                    what: error_chain(&e),
+                });
+            }
+        }
     }
 
     fn release(&mut self, name: &str) -> Option<&'static str> {
@@ -221,10 +303,11 @@ impl Runner for HostRunner {
     }
 
     fn reap(&mut self) -> Vec<(Pid, i32)> {
-        let exits = reap_children();
+        let mut exits = reap_children();
         for (pid, code) in &exits {
             self.reaped.record(pid.as_raw(), *code);
         }
+        exits.extend(self.orphans.reap(Instant::now()));
         exits
     }
 
@@ -342,6 +425,8 @@ pub enum State {
     Running {
         /// Host pid.
         pid: Pid,
+        /// The process's start time (see [`crate::runtime::process_start_time`]).
+        start_time: u64,
         /// Output copiers (stdout, stderr).
         copiers: Vec<Copier>,
         /// When it started.
@@ -531,6 +616,8 @@ pub struct Supervisor<R: Runner, C: Clock = SystemClock> {
     /// Essential containers currently failing (non-empty: the host is degraded).
     degraded: Vec<String>,
     shutting_down: bool,
+    /// The running containers last given to [`Runner::persist`] (name, pid).
+    persisted: Option<Vec<(String, Pid)>>,
 }
 
 impl<R: Runner> Supervisor<R, SystemClock> {
@@ -557,6 +644,7 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
             events: Events::default(),
             degraded: Vec::new(),
             shutting_down: false,
+            persisted: None,
         }
     }
 
@@ -676,7 +764,113 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
         self.drop_removed();
         self.start_pending();
         self.update_host_state();
+        self.persist();
         self.next_deadline()
+    }
+
+    /// Give the running containers to [`Runner::persist`] when they changed since last time.
+    fn persist(&mut self) {
+        let running: Vec<(String, Pid)> = self
+            .slots
+            .iter()
+            .filter_map(|s| Some((s.plan.name.clone(), s.pid()?)))
+            .collect();
+        if self.persisted.as_ref() == Some(&running) {
+            return;
+        }
+        let records: Vec<adopt::Record> = self
+            .slots
+            .iter()
+            .filter_map(|s| match s.state {
+                State::Running {
+                    pid, start_time, ..
+                } => Some(adopt::Record {
+                    name: s.plan.name.clone(),
+                    pid: pid.as_raw(),
+                    start_time,
+                    spec: adopt::spec_hash(&s.plan),
+                    restarts: s.restarts,
+                    started_ms: s.started_ms,
+                }),
+                _ => None,
+            })
+            .collect();
+        self.runner.persist(&records);
+        self.persisted = Some(running);
+    }
+
+    /// Take over containers the previous berthd left running (see [`adopt::recover`]): each
+    /// is running again with its pid, restart count and output, its health checks start over,
+    /// and `container=NAME state=running pid=N adopted` is reported. An adoption whose
+    /// container is not declared is ignored (its pipes close).
+    pub fn adopt(&mut self, adoptions: Vec<adopt::Adoption>) {
+        for adoption in adoptions {
+            let record = adoption.record;
+            let Some(index) = self.index_of(&record.name) else {
+                continue;
+            };
+            let pid = Pid::from_raw(record.pid);
+            let name = record.name.clone();
+            let copiers = self.copiers(index, adoption.stdout, adoption.stderr);
+            let now = self.clock.now();
+            let slot = &mut self.slots[index];
+            slot.state = State::Running {
+                pid,
+                start_time: record.start_time,
+                copiers,
+                since: now,
+                kill_at: None,
+            };
+            slot.started_once = true;
+            slot.started_ms = record.started_ms;
+            slot.restarts = record.restarts;
+            slot.run += 1;
+            slot.tracker = slot
+                .plan
+                .supervision
+                .healthcheck
+                .clone()
+                .map(|check| health::Tracker::new(check, now));
+            slot.health = if slot.tracker.is_some() {
+                Health::Starting
+            } else {
+                Health::None
+            };
+            self.runner
+                .adopt(&self.slots[index].plan, pid, adoption.pidfd);
+            self.event(
+                Some(&name),
+                EventKind::Running {
+                    pid: record.pid,
+                    adopted: true,
+                },
+            );
+        }
+        self.persist();
+    }
+
+    /// Output copiers for the container at `index` (console and its log file).
+    fn copiers(&self, index: usize, stdout: OwnedFd, stderr: OwnedFd) -> Vec<Copier> {
+        let slot = &self.slots[index];
+        let name = &slot.plan.name;
+        let settings = slot.plan.supervision.log;
+        let log = LogFile::new(
+            name,
+            slot.plan.log_path(),
+            settings.max_size,
+            settings.files,
+        )
+        .shared();
+        let mut copiers = Vec::with_capacity(2);
+        for (fd, stream) in [(stdout, Stream::Stdout), (stderr, Stream::Stderr)] {
+            match Copier::spawn_logged(name, fd, stream, Some(log.clone())) {
+                Ok(c) => copiers.push(c),
+                Err(e) => console::emit(&Event::Error {
+                    what: format!("container={name}: cannot copy its output: {e}"),
+                }),
+            }
+        }
+        copiers
     }
 
     /// Record health check results (changes become events; an unhealthy container with
@@ -828,28 +1022,11 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
         let slot = &mut self.slots[index];
         match self.runner.launch(&slot.plan.init) {
             Ok(launched) => {
-                let mut copiers = Vec::with_capacity(2);
-                let settings = slot.plan.supervision.log;
-                let log = LogFile::new(
-                    &name,
-                    slot.plan.log_path(),
-                    settings.max_size,
-                    settings.files,
-                )
-                .shared();
-                for (fd, stream) in [
-                    (launched.stdout, Stream::Stdout),
-                    (launched.stderr, Stream::Stderr),
-                ] {
-                    match Copier::spawn_logged(&name, fd, stream, Some(log.clone())) {
-                        Ok(c) => copiers.push(c),
-                        Err(e) => console::emit(&Event::Error {
-                            what: format!("container={name}: cannot copy its output: {e}"),
-                        }),
-                    }
-                }
+                let copiers = self.copiers(index, launched.stdout, launched.stderr);
+                let slot = &mut self.slots[index];
                 slot.state = State::Running {
                     pid: launched.pid,
+                    start_time: launched.start_time,
                     copiers,
                     since: self.clock.now(),
                     kill_at: None,
@@ -872,6 +1049,7 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
                     Some(&name),
                     EventKind::Running {
                         pid: launched.pid.as_raw(),
+                        adopted: false,
                     },
                 );
                 true
@@ -1206,6 +1384,7 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
                 });
             }
         }
+        self.persist();
     }
 
     /// Stop the containers at `layer` together: their stop signals, then SIGKILL to each once
@@ -1332,6 +1511,9 @@ mod tests {
         probes: Vec<ProbeRequest>,
         results: Vec<ProbeResult>,
         forgotten: Vec<String>,
+        launched: Vec<String>,
+        adopted: Vec<(String, Pid)>,
+        persisted: Vec<Vec<adopt::Record>>,
     }
 
     impl Runner for FakeRunner {
@@ -1346,10 +1528,12 @@ mod tests {
             let (stdout, w1) = nix::unistd::pipe().unwrap();
             let (stderr, w2) = nix::unistd::pipe().unwrap();
             drop((w1, w2));
+            self.launched.push(init.name.clone());
             Ok(Launched {
                 pid: Pid::from_raw(100 + self.next_pid),
                 stdout,
                 stderr,
+                start_time: 5000 + self.next_pid as u64,
             })
         }
         fn signal(&mut self, pid: Pid, signal: Signal) -> nix::Result<()> {
@@ -1379,6 +1563,12 @@ mod tests {
         fn forget(&mut self, plan: &ContainerPlan) {
             self.forgotten.push(plan.name.clone());
         }
+        fn adopt(&mut self, plan: &ContainerPlan, pid: Pid, _pidfd: OwnedFd) {
+            self.adopted.push((plan.name.clone(), pid));
+        }
+        fn persist(&mut self, running: &[adopt::Record]) {
+            self.persisted.push(running.to_vec());
+        }
         fn probe_results(&mut self) -> Vec<ProbeResult> {
             std::mem::take(&mut self.results)
         }
@@ -1405,6 +1595,7 @@ mod tests {
                 cgroup: None,
                 security: Default::default(),
                 network: Default::default(),
+                host_pid: false,
             },
             stop_signal,
             stop_timeout: None,
@@ -2097,5 +2288,103 @@ mod tests {
             ]
         );
         assert_eq!(sup.running(), 0);
+    }
+
+    #[test]
+    fn spec_hash_follows_the_plan() {
+        let web = plan("web", Signal::SIGTERM);
+        let hash = adopt::spec_hash(&web);
+        assert_eq!(hash.len(), 64);
+        assert_eq!(hash, adopt::spec_hash(&web.clone()));
+        let mut changed = web.clone();
+        changed.init.process.args.push("--more".into());
+        assert_ne!(hash, adopt::spec_hash(&changed));
+        let mut restarted = web;
+        restarted.supervision.restart = RestartPolicy::Always;
+        assert_ne!(hash, adopt::spec_hash(&restarted));
+    }
+
+    #[test]
+    fn adopted_containers_keep_pid_and_restarts_and_are_not_started_again() {
+        let web = plan("web", Signal::SIGTERM);
+        let mut sup = Supervisor::new(
+            SupervisorConfig::default(),
+            FakeRunner::default(),
+            vec![web.clone(), plan("db", Signal::SIGTERM)],
+        );
+        let (stdout, _w1) = nix::unistd::pipe().unwrap();
+        let (stderr, _w2) = nix::unistd::pipe().unwrap();
+        let (pidfd, _w3) = nix::unistd::pipe().unwrap();
+        let record = adopt::Record {
+            name: "web".into(),
+            pid: 77,
+            start_time: 4242,
+            spec: adopt::spec_hash(&web),
+            restarts: 3,
+            started_ms: Some(1234),
+        };
+        sup.adopt(vec![adopt::Adoption {
+            record: record.clone(),
+            stdout,
+            stderr,
+            pidfd,
+        }]);
+        assert_eq!(sup.pid_of("web"), Some(Pid::from_raw(77)));
+        let slot = sup.slot("web").unwrap();
+        assert_eq!((slot.restarts, slot.started_ms), (3, Some(1234)));
+        assert_eq!(
+            sup.runner().adopted,
+            vec![("web".to_string(), Pid::from_raw(77))]
+        );
+        let last = sup.events().history().last().unwrap();
+        assert_eq!(
+            last.kind,
+            EventKind::Running {
+                pid: 77,
+                adopted: true
+            }
+        );
+        assert_eq!(
+            last.console_line(),
+            "berth: container=web state=running pid=77 adopted"
+        );
+        assert_eq!(
+            sup.runner().persisted.last().unwrap(),
+            &vec![record.clone()]
+        );
+
+        // Starting the rest leaves web alone.
+        sup.start_all();
+        assert_eq!(sup.runner().launched, vec!["db".to_string()]);
+        let running: Vec<(String, i32, u64)> = sup
+            .runner()
+            .persisted
+            .last()
+            .unwrap()
+            .iter()
+            .map(|r| (r.name.clone(), r.pid, r.start_time))
+            .collect();
+        assert_eq!(
+            running,
+            vec![("web".to_string(), 77, 4242), ("db".to_string(), 101, 5001)]
+        );
+        // Nothing changed: nothing is written again.
+        let writes = sup.runner().persisted.len();
+        sup.tick();
+        assert_eq!(sup.runner().persisted.len(), writes);
+
+        // The adopted container ends like any other: it leaves the state file.
+        sup.runner.pending_exits.push((Pid::from_raw(77), 0));
+        sup.tick();
+        assert_eq!(sup.slot("web").unwrap().state.name(), "exited");
+        let names: Vec<&str> = sup
+            .runner()
+            .persisted
+            .last()
+            .unwrap()
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["db"]);
     }
 }

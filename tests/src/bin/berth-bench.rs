@@ -175,6 +175,7 @@ fn run_berth(image: &StoredImage, containers: &Path, id: &str) -> Result<Duratio
         // What a manifest container gets: Docker's capabilities, no_new_privs, seccomp.
         security: Default::default(),
         network: Default::default(),
+        host_pid: false,
     };
     cfg.rootfs
         .prepare_host_dirs()

@@ -253,6 +253,7 @@ mod tests {
             seccomp: SeccompProfile::Default,
             read_only: false,
             userns: false,
+            pid: Default::default(),
             mounts: Vec::new(),
             restart: Default::default(),
             max_restarts: None,

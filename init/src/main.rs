@@ -17,6 +17,14 @@ mod switch_root;
 mod sys;
 mod timeline;
 
+// PID 1 survives its own panics only by unwinding to `catch_unwind`; with panic=abort a panic
+// would end PID 1 and with it the kernel. Refuse to build that way.
+#[cfg(not(panic = "unwind"))]
+compile_error!(
+    "berth-init must be built with panic = \"unwind\" (see [profile.release] in the workspace \
+     Cargo.toml): PID 1 catches its panics, and an aborting PID 1 is a kernel panic"
+);
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::Duration;
@@ -95,16 +103,8 @@ fn main() {
         log!("watching power button {}", button.display());
     }
 
-    loop {
-        match catch_unwind(AssertUnwindSafe(|| pid1.run(&mut sys))) {
-            Ok(()) => halt_forever(&mut sys),
-            Err(_) => {
-                log!("error: main loop panicked; re-entering it");
-                pid1.panicked();
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
-    }
+    pid1.run_caught(&mut sys, &|| std::thread::sleep(Duration::from_millis(500)));
+    halt_forever(&mut sys)
 }
 
 /// Run `f`, printing and surviving a panic (then `fallback` is returned).

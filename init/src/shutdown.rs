@@ -270,6 +270,8 @@ pub(crate) mod fake {
         pub next_pid: i32,
         /// Results of `spawn`: true = the process exits after that long.
         pub spawn_lifetimes: VecDeque<Result<Duration, String>>,
+        /// This many `reap` calls panic (a bug injected into the main loop).
+        pub panics_in_reap: u32,
     }
 
     impl FakeSys {
@@ -302,6 +304,10 @@ pub(crate) mod fake {
             self.requests.pop_front().unwrap_or_default()
         }
         fn reap(&mut self) -> Reaped {
+            if self.panics_in_reap > 0 {
+                self.panics_in_reap -= 1;
+                panic!("injected panic in reap");
+            }
             let now = self.now;
             let (dead, alive): (Vec<_>, Vec<_>) = self
                 .procs

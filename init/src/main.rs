@@ -149,6 +149,32 @@ fn try_switch_root() {
     }
 }
 
+/// Remount the OS root (the tmpfs copy of the initramfs) read-only once everything that
+/// changes has its own mount: the state directory, /run, /tmp, /dev. Skipped, with a warning,
+/// when the state directory is not a mount of its own (the agent would write into the root).
+fn seal_root() {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &str| std::fs::metadata(p).map(|m| m.dev());
+    match (dev("/"), dev(state::STATE_DIR)) {
+        (Ok(root), Ok(state)) if root != state => {
+            match nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+                None::<&str>,
+            ) {
+                Ok(()) => log!("root filesystem is read-only"),
+                Err(e) => log!("warning: cannot remount / read-only: {e}; it stays writable"),
+            }
+        }
+        _ => log!(
+            "warning: {} is not a mount of its own; / stays writable",
+            state::STATE_DIR
+        ),
+    }
+}
+
 fn agent_spec(path: &Path, mode: state::StateMode, timeline: &str) -> AgentSpec {
     AgentSpec {
         path: path.to_path_buf(),
@@ -207,6 +233,7 @@ fn boot(pid1_started: u64) -> Pid1 {
     let mode = guarded("state partition setup", state::StateMode::Ephemeral, || {
         state::setup(&|line| console::log(line))
     });
+    seal_root();
     let state_mounted = timeline::boottime_ms();
     console::log(&timeline::phase_message("state_mounted", state_mounted));
     log!(

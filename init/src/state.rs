@@ -187,13 +187,20 @@ pub enum StateError {
     },
 }
 
+/// Mount options of the state partition. ext4 keeps its reserved blocks (5% by default) for
+/// the `resuid` user and for CAP_SYS_RESOURCE; `resuid` is root unless set, and containers run
+/// as root (without CAP_SYS_RESOURCE), so they would reach the reserve too. With `resuid` set to
+/// a user nothing runs as, only CAP_SYS_RESOURCE (berthd, PID 1) writes there: a container
+/// filling the disk leaves berthd room for logs, state and the manifest.
+pub const EXT4_OPTIONS: &str = "resuid=4294967294";
+
 fn mount_ext4(device: &Path) -> Result<(), StateError> {
     nix::mount::mount(
         Some(device),
         STATE_DIR,
         Some("ext4"),
         nix::mount::MsFlags::MS_NOATIME,
-        None::<&str>,
+        Some(EXT4_OPTIONS),
     )
     .map_err(|source| StateError::Mount {
         what: format!("{} (ext4)", device.display()),

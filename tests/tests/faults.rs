@@ -192,9 +192,18 @@ done
     )
 }
 
+/// The first console line containing `pattern`, whether it already went by (containers print
+/// while berthd is still starting others) or is yet to come.
+fn line_with(guest: &mut Guest, pattern: &str) -> String {
+    if let Some(line) = guest.console().iter().find(|l| l.contains(pattern)) {
+        return line.clone();
+    }
+    guest.wait_for(pattern, STEP).unwrap()
+}
+
 /// The generation `chatty` announces on this boot's console.
 fn running_generation(guest: &mut Guest) -> u32 {
-    let line = guest.wait_for("chatty | manifest-gen=", STEP).unwrap();
+    let line = line_with(guest, "chatty | manifest-gen=");
     line.rsplit('=').next().unwrap().trim().parse().unwrap()
 }
 
@@ -218,7 +227,7 @@ fn power_cuts_during_apply_leave_the_old_or_the_new_manifest_and_readable_logs()
         guest.wait_for("berth: ready", BOOT).unwrap();
         assert_eq!(running_generation(&mut guest), saved);
         // chatty has rotated its log at least once.
-        guest.wait_for("chatty | line 300 ", STEP).unwrap();
+        line_with(&mut guest, "chatty | line 300 ");
         let next = u32::try_from(n).unwrap() + 1;
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream
@@ -247,7 +256,7 @@ fn power_cuts_during_apply_leave_the_old_or_the_new_manifest_and_readable_logs()
         saved = running;
 
         // The logs written up to the cut are readable and well formed.
-        guest.wait_for("chatty | line 100 ", STEP).unwrap();
+        line_with(&mut guest, "chatty | line 100 ");
         let (status, body) = api(port, "GET", "/v1/containers/chatty/logs", "");
         assert_eq!(status, 200, "{body}");
         let text = dechunk(&body);
@@ -371,7 +380,7 @@ command = ["/bin/sh", "-c", "sha256sum /big; trap 'exit 0' TERM; while true; do 
 
     let mut guest = boot(image.path(), &disk, Vec::new());
     guest.wait_for("berth: ready", BOOT).unwrap();
-    let line = guest.wait_for("big | ", STEP).unwrap();
+    let line = line_with(&mut guest, "big | ");
     assert_eq!(line, format!("big | {hash}  /big"));
     guest.power_button().unwrap();
     guest.wait_for("berth: poweroff", STEP).unwrap();
@@ -500,9 +509,8 @@ fn a_full_state_disk_is_survived_and_recovered_from() {
     // The filler, root in its container but without CAP_SYS_RESOURCE, is refused before the
     // root reserve: berthd (with it) still has room. Its logs, ps, the web container and
     // apply (which saves the manifest) go on.
-    let dd = guest.wait_for("filler | dd exit=", STEP).unwrap();
+    let dd = line_with(&mut guest, "filler | dd exit=");
     assert_eq!(dd, "filler | dd exit=1");
-    let df = guest.wait_for("filler | ", STEP).unwrap();
     let tick = wait_for_logged_tick(port, 0);
     wait_for_logged_tick(port, tick);
     assert_ps_and_web(port, web);
@@ -511,7 +519,8 @@ fn a_full_state_disk_is_survived_and_recovered_from() {
             .console()
             .iter()
             .any(|l| l.contains("cannot write its log")),
-        "berthd could not write with the root reserve left ({df})"
+        "berthd could not write with the root reserve left:\n{}",
+        guest.console().join("\n")
     );
     let (status, body) = api(port, "POST", "/v1/apply", &full_manifest("full", true));
     assert_eq!(status, 200, "apply on a disk full for containers: {body}");
@@ -519,27 +528,27 @@ fn a_full_state_disk_is_survived_and_recovered_from() {
     // A container the operator gave CAP_SYS_RESOURCE takes the reserve too: now berthd cannot
     // write either. It says so, keeps running, and refuses an apply it cannot save.
     assert_eq!(
-        guest.wait_for("hogger | dd exit=", STEP).unwrap(),
+        line_with(&mut guest, "hogger | dd exit="),
         "hogger | dd exit=1"
     );
-    let error = guest
-        .wait_for("berth: error: container=chatty: cannot write its log", STEP)
-        .unwrap();
+    let error = line_with(
+        &mut guest,
+        "berth: error: container=chatty: cannot write its log",
+    );
     assert!(error.contains("No space left on device"), "{error}");
     let (status, body) = api(port, "POST", "/v1/apply", &full_manifest("again", true));
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("No space left on device"), "{body}");
-    guest
-        .wait_for("berth: error: apply: cannot save the manifest", STEP)
-        .unwrap();
+    line_with(&mut guest, "berth: error: apply: cannot save the manifest");
     assert_ps_and_web(port, web);
 
     // The operator frees space: the log is written again, and said so; apply works again.
     let (code, _) = exec(port, "hogger", &["/bin/rm", "/data/fill"]);
     assert_eq!(code, Some(0));
-    guest
-        .wait_for("berth: container=chatty: its log is written again", STEP)
-        .unwrap();
+    line_with(
+        &mut guest,
+        "berth: container=chatty: its log is written again",
+    );
     let (status, body) = api(port, "POST", "/v1/apply", &full_manifest("again", true));
     assert_eq!(status, 200, "{body}");
     assert_ps_and_web(port, web);
@@ -676,7 +685,7 @@ command = ["/bin/sh", "-c", "echo \"status: $(grep -E '^(CapEff|NoNewPrivs|Secco
         .wait_for("berth: root filesystem is read-only", BOOT)
         .unwrap();
     guest.wait_for("berth: ready", STEP).unwrap();
-    let status = guest.wait_for("plain | status:", STEP).unwrap();
+    let status = line_with(&mut guest, "plain | status:");
     let status = status.split_whitespace().collect::<Vec<_>>().join(" ");
     for field in ["CapEff: 00000000a80425fb", "NoNewPrivs: 1", "Seccomp: 2"] {
         assert!(status.contains(field), "{status}");

@@ -393,10 +393,10 @@ command = ["/bin/sh", "-c", "sha256sum /big; trap 'exit 0' TERM; while true; do 
 
 /// The disk-full test's manifest: `web` answers on its published port, `chatty` logs a line
 /// every 0.2 s, `filler` (root, Docker's default capabilities) writes into its volume until
-/// the disk refuses; with `hogger`, a container the operator gave CAP_SYS_RESOURCE does the
-/// same into another volume.
-fn full_manifest(hostname: &str, hogger: bool) -> String {
-    let mut text = format!(
+/// the disk refuses, and `hogger`, a container the operator gave CAP_SYS_RESOURCE, does the same
+/// into another volume once `/data/go` appears there.
+fn full_manifest(hostname: &str) -> String {
+    format!(
         r#"version = 1
 
 [host]
@@ -424,24 +424,18 @@ command = ["/bin/sh", "-c", "dd if=/dev/zero of=/data/fill bs=64k 2>/dev/null; e
 type = "volume"
 source = "fill"
 target = "/data"
-"#
-    );
-    if hogger {
-        text.push_str(
-            r#"
+
 [containers.hogger]
 image = "busybox"
 cap_add = ["SYS_RESOURCE"]
-command = ["/bin/sh", "-c", "dd if=/dev/zero of=/data/fill bs=64k 2>/dev/null; echo dd exit=$?; df -k /data | tail -n 1; trap 'exit 0' TERM; while true; do sleep 1; done"]
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; while [ ! -e /data/go ]; do sleep 0.5; done; dd if=/dev/zero of=/data/fill bs=64k 2>/dev/null; echo dd exit=$?; df -k /data | tail -n 1; while true; do sleep 1; done"]
 
 [[containers.hogger.mounts]]
 type = "volume"
 source = "hog"
 target = "/data"
-"#,
-        );
-    }
-    text
+"#
+    )
 }
 
 /// Wait until `chatty`'s log file holds a tick later than `after`; returns that tick.
@@ -492,10 +486,7 @@ fn a_full_state_disk_is_survived_and_recovered_from() {
     let demo = berth_tests::demo_image().unwrap_or_else(|e| panic!("{e}"));
     let image = berth_tests::overlay_image(
         &demo,
-        &[(
-            "etc/berth/manifest.toml",
-            full_manifest("full", false).as_bytes(),
-        )],
+        &[("etc/berth/manifest.toml", full_manifest("full").as_bytes())],
     )
     .unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -521,11 +512,13 @@ fn a_full_state_disk_is_survived_and_recovered_from() {
         "berthd could not write with the root reserve left:\n{}",
         guest.console().join("\n")
     );
-    let (status, body) = api(port, "POST", "/v1/apply", &full_manifest("full", true));
+    let (status, body) = api(port, "POST", "/v1/apply", &full_manifest("applied"));
     assert_eq!(status, 200, "apply on a disk full for containers: {body}");
 
     // A container the operator gave CAP_SYS_RESOURCE takes the reserve too: now berthd cannot
     // write either. It says so, keeps running, and refuses an apply it cannot save.
+    let (code, _) = exec(port, "hogger", &["/bin/touch", "/data/go"]);
+    assert_eq!(code, Some(0));
     assert_eq!(
         line_with(&mut guest, "hogger | dd exit="),
         "hogger | dd exit=1"
@@ -535,7 +528,7 @@ fn a_full_state_disk_is_survived_and_recovered_from() {
         "berth: error: container=chatty: cannot write its log",
     );
     assert!(error.contains("No space left on device"), "{error}");
-    let (status, body) = api(port, "POST", "/v1/apply", &full_manifest("again", true));
+    let (status, body) = api(port, "POST", "/v1/apply", &full_manifest("again"));
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("No space left on device"), "{body}");
     line_with(&mut guest, "berth: error: apply: cannot save the manifest");
@@ -548,7 +541,7 @@ fn a_full_state_disk_is_survived_and_recovered_from() {
         &mut guest,
         "berth: container=chatty: its log is written again",
     );
-    let (status, body) = api(port, "POST", "/v1/apply", &full_manifest("again", true));
+    let (status, body) = api(port, "POST", "/v1/apply", &full_manifest("again"));
     assert_eq!(status, 200, "{body}");
     assert_ps_and_web(port, web);
 
@@ -559,10 +552,7 @@ fn a_full_state_disk_is_survived_and_recovered_from() {
     for bad in ["panicked", "agent exited", "Kernel panic"] {
         assert!(!console.contains(bad), "console shows {bad:?}:\n{console}");
     }
-    assert_eq!(
-        debugfs(&disk, "cat /manifest.toml"),
-        full_manifest("again", true)
-    );
+    assert_eq!(debugfs(&disk, "cat /manifest.toml"), full_manifest("again"));
 }
 
 /// (path, mode, data) of every member of a gzip'd newc initramfs (concatenated archives

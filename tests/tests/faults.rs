@@ -217,7 +217,7 @@ fn power_cuts_during_apply_leave_the_old_or_the_new_manifest_and_readable_logs()
     .unwrap();
     let work = tempfile::tempdir().unwrap();
     let disk = state_disk(work.path(), 256);
-    let port = free_port().unwrap();
+    let mut port = free_port().unwrap();
 
     // The generation saved on the state disk (0: the image's own manifest).
     let mut saved = 0;
@@ -236,7 +236,10 @@ fn power_cuts_during_apply_leave_the_old_or_the_new_manifest_and_readable_logs()
         std::thread::sleep(Duration::from_millis(delay_ms));
         let console = guest.power_cut();
 
-        // Whatever the cut interrupted, the next boot runs the old or the new manifest.
+        drop(stream);
+        // Whatever the cut interrupted, the next boot runs the old or the new manifest. (A
+        // fresh API port: the old one may still be held by the cut connection.)
+        port = free_port().unwrap();
         guest = boot(image.path(), &disk, vec![(port, API_PORT)]);
         guest.wait_for("berth: agent started", BOOT).unwrap();
         let source = guest.wait_for("berth: manifest source=", STEP).unwrap();

@@ -59,6 +59,8 @@ pub enum Event<'a> {
     /// A container's log cannot be written (disk full, ...): its output still reaches the
     /// console, but not the log file.
     LogError { container: &'a str, error: String },
+    /// A container's log that could not be written (see [`Event::LogError`]) is written again.
+    LogResumed { container: &'a str },
     /// The API listens on `at`.
     ApiListening { at: String },
     /// Where the manifest boot applies came from (see `config_source`); `fallback_from`
@@ -167,6 +169,10 @@ impl fmt::Display for Event<'_> {
                 f,
                 "berth: error: container={container}: cannot write its log ({error}); its output goes to the console only until the log can be written again"
             ),
+            Event::LogResumed { container } => write!(
+                f,
+                "berth: container={container}: its log is written again"
+            ),
             Event::ApiListening { at } => write!(f, "berth: api listening on {at}"),
             Event::ManifestSource {
                 source,
@@ -260,6 +266,10 @@ mod tests {
             }
             .to_string(),
             "berth: container=web state=exited code=137 reason=oom"
+        );
+        assert_eq!(
+            Event::LogResumed { container: "web" }.to_string(),
+            "berth: container=web: its log is written again"
         );
         assert_eq!(
             Event::Warning {

@@ -11,6 +11,7 @@ pub mod imagectl;
 pub mod manifest;
 pub mod net;
 pub mod oci;
+pub mod procstat;
 pub mod registry;
 pub mod runtime;
 pub mod store;

@@ -489,6 +489,20 @@ fn open_removes_crash_leftovers_from_tmp() {
 }
 
 #[test]
+fn opening_the_store_again_keeps_scratch_space_in_use() {
+    let fx = Fixture::new();
+    let store = fx.store();
+    // An import in progress in one thread...
+    let busy = store.scratch_path("pull");
+    fs::create_dir_all(busy.join("blobs")).unwrap();
+    fs::write(store.root().join("tmp/blob-1"), b"crash leftover").unwrap();
+    // ...while another thread opens the store (a background pull retry, an API request).
+    let again = fx.store();
+    assert!(busy.join("blobs").is_dir());
+    assert_eq!(count(&again.root().join("tmp")), 1);
+}
+
+#[test]
 fn holds_layout_only_for_the_same_intact_image() {
     let fx = Fixture::new();
     let store = fx.store();

@@ -17,6 +17,14 @@ mod switch_root;
 mod sys;
 mod timeline;
 
+// PID 1 survives its own panics only by unwinding to `catch_unwind`; with panic=abort a panic
+// would end PID 1 and with it the kernel. Refuse to build that way.
+#[cfg(not(panic = "unwind"))]
+compile_error!(
+    "berth-init must be built with panic = \"unwind\" (see [profile.release] in the workspace \
+     Cargo.toml): PID 1 catches its panics, and an aborting PID 1 is a kernel panic"
+);
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::Duration;
@@ -95,16 +103,8 @@ fn main() {
         log!("watching power button {}", button.display());
     }
 
-    loop {
-        match catch_unwind(AssertUnwindSafe(|| pid1.run(&mut sys))) {
-            Ok(()) => halt_forever(&mut sys),
-            Err(_) => {
-                log!("error: main loop panicked; re-entering it");
-                pid1.panicked();
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
-    }
+    pid1.run_caught(&mut sys, &|| std::thread::sleep(Duration::from_millis(500)));
+    halt_forever(&mut sys)
 }
 
 /// Run `f`, printing and surviving a panic (then `fallback` is returned).
@@ -145,6 +145,32 @@ fn try_switch_root() {
         Err(e) => log!(
             "warning: cannot leave the initramfs rootfs ({e}); containers using pivot_root \
              will fail"
+        ),
+    }
+}
+
+/// Remount the OS root (the tmpfs copy of the initramfs) read-only once everything that
+/// changes has its own mount: the state directory, /run, /tmp, /dev. Skipped, with a warning,
+/// when the state directory is not a mount of its own (the agent would write into the root).
+fn seal_root() {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &str| std::fs::metadata(p).map(|m| m.dev());
+    match (dev("/"), dev(state::STATE_DIR)) {
+        (Ok(root), Ok(state)) if root != state => {
+            match nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+                None::<&str>,
+            ) {
+                Ok(()) => log!("root filesystem is read-only"),
+                Err(e) => log!("warning: cannot remount / read-only: {e}; it stays writable"),
+            }
+        }
+        _ => log!(
+            "warning: {} is not a mount of its own; / stays writable",
+            state::STATE_DIR
         ),
     }
 }
@@ -200,6 +226,7 @@ fn boot(pid1_started: u64) -> Pid1 {
     let mode = guarded("state partition setup", state::StateMode::Ephemeral, || {
         state::setup(&|line| console::log(line))
     });
+    seal_root();
     let state_mounted = timeline::boottime_ms();
     console::log(&timeline::phase_message("state_mounted", state_mounted));
     log!(

@@ -3,6 +3,7 @@
 //! All state lives in [`Pid1`] so that after a caught panic the loop is re-entered where it
 //! was (a running agent stays supervised, a shutdown in progress resumes).
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use crate::agent::Supervisor;
@@ -79,6 +80,22 @@ impl Pid1 {
     /// Run until the system is halted (reboot(2) failed). Never returns otherwise.
     pub fn run(&mut self, sys: &mut dyn Sys) {
         while self.step(sys) {}
+    }
+
+    /// [`Pid1::run`] with every panic caught: a panic is logged, `pause` is called (so a panic
+    /// that repeats cannot spin the CPU) and the loop is re-entered with its state. Returns
+    /// only when the system is halted (reboot(2) failed), never because of a panic.
+    pub fn run_caught(&mut self, sys: &mut dyn Sys, pause: &dyn Fn()) {
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.run(sys))) {
+                Ok(()) => return,
+                Err(_) => {
+                    sys.log("error: main loop panicked; re-entering it");
+                    self.panicked();
+                    pause();
+                }
+            }
+        }
     }
 
     /// One iteration; `false` once the shutdown finished without rebooting.
@@ -199,6 +216,71 @@ mod tests {
                 "spawn /usr/bin/berthd at 730",
                 "spawn /usr/bin/berthd at 1540",
             ]
+        );
+    }
+
+    #[test]
+    fn a_panic_in_the_main_loop_is_caught_and_the_loop_goes_on() {
+        let mut sys = FakeSys {
+            panics_in_reap: 3,
+            ..FakeSys::default()
+        };
+        // The power button, at the loop's first wait.
+        sys.requests.push_back(vec![Request {
+            power: Power::PowerOff,
+            source: "power button",
+        }]);
+        let pauses = std::cell::Cell::new(0);
+        let mut pid1 = Pid1::new(spec(), Duration::from_secs(20));
+        pid1.run_caught(&mut sys, &|| pauses.set(pauses.get() + 1));
+        assert_eq!(pauses.get(), 3);
+        let logs = sys.log_lines();
+        assert_eq!(
+            logs.iter()
+                .filter(|l| **l == "error: main loop panicked; re-entering it")
+                .count(),
+            3
+        );
+        // After the panics the loop went on: the agent started, and the power button led
+        // through the ordered shutdown to reboot(2) (which the fake fails, so the loop ends).
+        let spawn = sys
+            .calls
+            .iter()
+            .position(|c| c.starts_with("spawn"))
+            .unwrap();
+        let term = sys
+            .calls
+            .iter()
+            .position(|c| c == "kill 1 SIGTERM")
+            .unwrap();
+        let reboot = sys
+            .calls
+            .iter()
+            .position(|c| c == "reboot poweroff")
+            .unwrap();
+        assert!(spawn < term && term < reboot);
+        assert!(logs.contains(&"power button received: poweroff"));
+    }
+
+    #[test]
+    fn panics_during_shutdown_skip_to_sync_and_reboot() {
+        let mut sys = FakeSys::default();
+        sys.requests.push_back(vec![Request {
+            power: Power::PowerOff,
+            source: "SIGTERM",
+        }]);
+        let mut pid1 = Pid1::new(spec(), Duration::from_secs(20));
+        assert!(pid1.step(&mut sys));
+        // Every reap during the shutdown panics from now on.
+        sys.panics_in_reap = u32::MAX;
+        pid1.run_caught(&mut sys, &|| {});
+        assert!(sys.calls.contains(&"reboot poweroff".to_string()));
+        assert_eq!(
+            sys.log_lines()
+                .iter()
+                .filter(|l| l.contains("main loop panicked"))
+                .count(),
+            SHUTDOWN_PANIC_LIMIT as usize
         );
     }
 

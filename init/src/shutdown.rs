@@ -281,6 +281,8 @@ pub(crate) mod fake {
         pub spawned: Vec<AgentSpec>,
         /// `fd_store` fails with this.
         pub fd_store_error: Option<String>,
+        /// This many `reap` calls panic (a bug injected into the main loop).
+        pub panics_in_reap: u32,
     }
 
     impl FakeSys {
@@ -313,6 +315,10 @@ pub(crate) mod fake {
             self.requests.pop_front().unwrap_or_default()
         }
         fn reap(&mut self) -> Reaped {
+            if self.panics_in_reap > 0 {
+                self.panics_in_reap -= 1;
+                panic!("injected panic in reap");
+            }
             let now = self.now;
             let (dead, alive): (Vec<_>, Vec<_>) = self
                 .procs

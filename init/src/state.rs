@@ -187,15 +187,35 @@ pub enum StateError {
     },
 }
 
-fn mount_ext4(device: &Path) -> Result<(), StateError> {
-    nix::mount::mount(
-        Some(device),
-        STATE_DIR,
-        Some("ext4"),
-        nix::mount::MsFlags::MS_NOATIME,
-        None::<&str>,
-    )
-    .map_err(|source| StateError::Mount {
+/// Mount options of the state partition. ext4 keeps its reserved blocks (5% by default) for
+/// the `resuid` user and for CAP_SYS_RESOURCE; `resuid` is root unless set, and containers run
+/// as root (without CAP_SYS_RESOURCE), so they would reach the reserve too. With `resuid` set to
+/// a user nothing runs as, only CAP_SYS_RESOURCE (berthd, PID 1) writes there: a container
+/// filling the disk leaves berthd room for logs, state and the manifest.
+pub const EXT4_OPTIONS: &str = "resuid=4294967294";
+
+/// Mount `device` with [`EXT4_OPTIONS`]; should the kernel refuse them, without (and say so).
+fn mount_ext4(device: &Path, log: &dyn Fn(&str)) -> Result<(), StateError> {
+    let mount = |options: Option<&str>| {
+        nix::mount::mount(
+            Some(device),
+            STATE_DIR,
+            Some("ext4"),
+            nix::mount::MsFlags::MS_NOATIME,
+            options,
+        )
+    };
+    let result = match mount(Some(EXT4_OPTIONS)) {
+        Err(nix::errno::Errno::EINVAL) if mount(None).is_ok() => {
+            log(&format!(
+                "warning: the kernel refused the state partition's mount options {EXT4_OPTIONS}; \
+                 mounted without them: containers can use ext4's reserved blocks"
+            ));
+            Ok(())
+        }
+        other => other,
+    };
+    result.map_err(|source| StateError::Mount {
         what: format!("{} (ext4)", device.display()),
         source,
     })
@@ -247,7 +267,7 @@ pub fn setup(log: &dyn Fn(&str)) -> StateMode {
                 Match::PartName => "GPT partition name",
                 Match::FsLabel => "ext4 label",
             };
-            match mount_ext4(&device) {
+            match mount_ext4(&device, log) {
                 Ok(()) => {
                     log(&format!(
                         "state partition {} ({how} {STATE_LABEL}) mounted at {STATE_DIR}",

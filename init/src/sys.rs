@@ -568,6 +568,129 @@ mod tests {
         assert!(!set.contains(Signal::SIGHUP));
     }
 
+    /// Set in the child process [`reaping_leaves_no_zombies_after_a_fork_storm`] runs itself
+    /// in.
+    const STORM_CHILD_ENV: &str = "BERTH_TEST_FORK_STORM_SUBREAPER";
+    /// Iterations of the storm; each orphans three processes.
+    const STORM_ROUNDS: usize = 200;
+    /// Orphans still alive when the storm's shell exits.
+    const SLEEPERS: usize = 50;
+
+    /// `(pid, state)` of every live or zombie process whose parent is this process.
+    fn children() -> Vec<(i32, char)> {
+        let me = std::process::id().to_string();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...; comm may hold spaces and parentheses.
+            let Some((_, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+            if fields.next() == Some(me.as_str()) {
+                found.push((pid, state));
+            }
+        }
+        found
+    }
+
+    /// The child's side: become a child subreaper (what PID 1 is for the whole system), let a
+    /// shell orphan hundreds of short-lived processes onto us while PID 1's own
+    /// [`RealSys::wait`] + [`RealSys::reap`] loop runs, then count the zombies left.
+    fn storm_subreaper() -> ! {
+        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only sets a flag of this process.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(rc, 0, "prctl: {}", std::io::Error::last_os_error());
+        let mut sys = RealSys {
+            signals: SignalFd::with_flags(&SigSet::empty(), SfdFlags::SFD_CLOEXEC).unwrap(),
+            buttons: Vec::new(),
+            start: Instant::now(),
+        };
+        // `(true &)`: the subshell starts `true` in the background and exits at once, so
+        // `true` is orphaned and reparented to the nearest subreaper: us. The sleepers at the
+        // end are orphaned the same way and still alive when the shell exits.
+        let script = format!(
+            "i=0; while [ $i -lt {STORM_ROUNDS} ]; do (true &); (true & true &); i=$((i+1)); done; \
+             i=0; while [ $i -lt {SLEEPERS} ]; do (exec sleep 1000 &); i=$((i+1)); done"
+        );
+        let storm = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .spawn()
+            .unwrap();
+        let storm_pid = i32::try_from(storm.id()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut reaped = 0usize;
+        let mut storm_done = false;
+        while !storm_done {
+            assert!(Instant::now() < deadline, "the fork storm did not end");
+            sys.wait(Some(Duration::from_millis(20)));
+            let r = sys.reap();
+            reaped += r.exited.len();
+            storm_done = r.exited.iter().any(|(pid, _)| *pid == storm_pid);
+        }
+        // Kill the sleepers all at once and let them die without reaping them: one reap call
+        // must then clear every zombie.
+        for (pid, _) in children() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        while children().iter().any(|(_, state)| *state != 'Z') {
+            assert!(Instant::now() < deadline, "killed orphans still running");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pending = children().len();
+        reaped += sys.reap().exited.len();
+        let zombies = children().len();
+        println!("storm: reaped={reaped} pending_before_last_reap={pending} zombies={zombies}");
+        std::process::exit(0)
+    }
+
+    #[test]
+    fn reaping_leaves_no_zombies_after_a_fork_storm() {
+        if std::env::var_os(STORM_CHILD_ENV).is_some() {
+            storm_subreaper();
+        }
+        // PR_SET_CHILD_SUBREAPER and waitpid(-1) act on the whole process: run them in a
+        // child of our own, never in the test harness that runs other tests' children.
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "sys::tests::reaping_leaves_no_zombies_after_a_fork_storm",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(STORM_CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once("storm: ").map(|(_, rest)| rest))
+            .unwrap_or_else(|| panic!("no storm line in:\n{stdout}"));
+        let value = |key: &str| -> usize {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        };
+        // Every orphan (three per round, and the sleepers) came to us and was reaped, plus the
+        // storm's shell; the last reap call alone cleared every killed sleeper.
+        assert_eq!(value("reaped"), 3 * STORM_ROUNDS + SLEEPERS + 1, "{line}");
+        assert!(value("pending_before_last_reap") >= SLEEPERS, "{line}");
+        assert_eq!(value("zombies"), 0, "{line}");
+    }
+
     #[test]
     fn agent_starts_with_no_blocked_signals() {
         let tmp = tempfile::tempdir().unwrap();

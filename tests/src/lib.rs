@@ -321,6 +321,29 @@ impl Guest {
         Ok(())
     }
 
+    /// Pull the plug: SIGKILL QEMU at once (no shutdown, nothing flushed by the guest), and
+    /// wait until every process of the launcher is gone, so the next boot can open the same
+    /// disk. Returns the console seen so far.
+    pub fn power_cut(mut self) -> Vec<String> {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) with a negative pid signals our child's process group; no
+            // memory is touched.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+            let _ = self.child.wait();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            // SAFETY: signal 0 only checks whether the group still has members.
+            while unsafe { libc::kill(-pgid, 0) } == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        std::mem::take(&mut self.seen)
+    }
+
     /// Wait for QEMU to exit (after a power-off), draining the console.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, BootError> {
         let deadline = Instant::now() + timeout;

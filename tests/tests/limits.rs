@@ -1,7 +1,9 @@
 //! Boot test: resource limits inside the real image (pure cgroup v2, controllers enabled by
 //! PID 1). A container over its memory limit is OOM-killed and reported `reason=oom`, a fork
-//! loop stops at `pids`, a container reads its own limits through its cgroup namespace and its
-//! rlimits, and each container is stopped with its own signal and timeout.
+//! loop stops at `pids`, a fork storm of short-lived orphans leaves no zombie on the host, a
+//! container reads its own limits through its cgroup namespace and its rlimits, and each
+//! container is stopped with its own signal and timeout. Meanwhile a well-behaved container
+//! keeps answering on its published port, `ps` answers and berthd's memory stays bounded.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,10 +15,29 @@ const BOOT: Duration = Duration::from_secs(120);
 const STEP: Duration = Duration::from_secs(90);
 const QEMU_LIMIT: Duration = Duration::from_secs(400);
 
+const TOKEN: &str = "limits-test-token-0123456789";
+
 const MANIFEST: &str = r#"version = 1
+
+[host]
+api_port = 7070
+api_token = "limits-test-token-0123456789"
 
 [images]
 busybox = { source = "oci-layout:images/busybox" }
+
+# The well-behaved neighbour of the runaways below.
+[containers.steady]
+image = "busybox"
+ports = ["8080:80"]
+command = ["/bin/sh", "-c", "mkdir -p /www && echo steady > /www/index.html; trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"]
+
+# A fork storm whose children exit at once: `(true &)` orphans each `true` to the container's
+# init (this shell); bounded by its pids limit. Leaves no zombie behind.
+[containers.storm]
+image = "busybox"
+pids = 16
+command = ["/bin/sh", "-c", "i=0; while [ $i -lt 400 ]; do (true &) 2>/dev/null; i=$((i+1)); done; echo storm-done"]
 
 # Reads 64 MB into a shell variable: far over its 16 MiB.
 [containers.hog]
@@ -80,10 +101,12 @@ fn limits_are_enforced_inside_the_image() {
     let image =
         berth_tests::overlay_image(&demo, &[("etc/berth/manifest.toml", MANIFEST.as_bytes())])
             .unwrap();
+    let api = berth_tests::free_port().unwrap();
+    let web = berth_tests::free_port().unwrap();
     let mut guest = Guest::boot(&BootOptions {
         image: image.path().to_path_buf(),
         limit: QEMU_LIMIT,
-        forwards: Vec::new(),
+        forwards: vec![(api, 7070), (web, 8080)],
         append: String::new(),
     })
     .unwrap();
@@ -139,6 +162,33 @@ fn limits_are_enforced_inside_the_image() {
     assert!(line_with(&mut guest, "isolated | rootfs:").ends_with("rootfs: writable as 0"));
     line_with(&mut guest, "berth: container=stubborn state=running");
 
+    // After the runaways: ps answers, the neighbour serves, berthd's memory is bounded and the
+    // fork storm left no zombie anywhere on the host (polled: a process that just exited is a
+    // zombie for a moment until its parent reaps it).
+    line_with(&mut guest, "storm | storm-done");
+    line_with(&mut guest, "berth: container=storm state=exited code=0");
+    let (code, page) = berth_tests::http_get(web, "/", STEP).unwrap();
+    assert_eq!((code, page.trim()), (200, "steady"));
+    let deadline = std::time::Instant::now() + STEP;
+    let ps = loop {
+        let ps = ps(api);
+        if ps["zombies"] == 0 || std::time::Instant::now() > deadline {
+            break ps;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(ps["zombies"], 0, "{ps}");
+    assert!(ps["processes"].as_u64().unwrap() > 0, "{ps}");
+    let steady = ps["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "steady")
+        .unwrap();
+    assert_eq!(steady["state"], "running", "{ps}");
+    let rss = ps["agent_rss_kib"].as_u64().unwrap();
+    assert!(rss < 64 * 1024, "berthd uses {rss} KiB");
+
     // Stop: `limited` gets SIGINT (its trap answers), `stubborn` the SIGKILL after 1 s.
     guest.power_button().unwrap();
     line_with(&mut guest, "berth: container=limited state=exited code=5");
@@ -171,6 +221,26 @@ fn limits_are_enforced_inside_the_image() {
     assert!(console.contains("limited | got-sigint"), "{console}");
     // Only the hog was OOM-killed.
     assert_eq!(console.matches("reason=oom").count(), 1, "{console}");
+}
+
+/// `GET /v1/containers` through the forwarded TCP API.
+fn ps(port: u16) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(STEP)).unwrap();
+    write!(
+        stream,
+        "GET /v1/containers HTTP/1.0\r\nHost: berth\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
+        "{response}"
+    );
+    let body = response.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 /// The first console line containing `pattern`, whether it already went by or is yet to come

@@ -38,6 +38,15 @@ pub struct HostStatus {
     pub failed: Vec<String>,
     /// Every container, in start order.
     pub containers: Vec<ContainerStatus>,
+    /// Processes on the host (every PID namespace), when `/proc` could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    /// Of those, zombies: exited but not yet reaped by their parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zombies: Option<u64>,
+    /// berthd's resident memory in KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_rss_kib: Option<u64>,
 }
 
 /// One container as `berthctl ps` shows it.

@@ -726,6 +726,9 @@ mod tests {
             host: "degraded".into(),
             failed: vec!["crash".into()],
             containers: vec![web, app, crash],
+            processes: Some(40),
+            zombies: Some(0),
+            agent_rss_kib: Some(9000),
         };
         assert_eq!(
             ps_table(&host, 3_726_000),

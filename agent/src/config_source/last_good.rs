@@ -53,10 +53,16 @@ impl LastGood {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(err)?;
         let tmp = dir.join(format!(".{FILE}.tmp"));
-        let mut file = std::fs::File::create(&tmp).map_err(err)?;
-        file.write_all(bytes).map_err(err)?;
-        file.sync_all().map_err(err)?;
-        drop(file);
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            // A full disk: leave no partial file behind; the old copy stays in place.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e));
+        }
         std::fs::rename(&tmp, &self.path).map_err(err)?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())

@@ -115,7 +115,9 @@ pub fn assign(
     Ok(assigned)
 }
 
-/// Write the assignments atomically (temp file, fsync, rename).
+/// Write the assignments atomically (temp file, fsync, rename, fsync of the directory); nothing
+/// is written when the file already says the same (an `apply` on a full disk still gets as far
+/// as saving its manifest, and says why that failed).
 fn save(
     path: &Path,
     subnet: Subnet,
@@ -130,14 +132,25 @@ fn save(
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
     }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
     let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(err)?;
-    file.write_all(&bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    std::fs::rename(&tmp, path).map_err(err)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)
 }
 
 #[cfg(test)]
@@ -184,6 +197,21 @@ mod tests {
         let saved: Saved = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
         assert_eq!(saved.containers.len(), 2);
         assert!(!saved.containers.contains_key("web"));
+    }
+
+    #[test]
+    fn unchanged_assignments_are_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = addresses_file(dir.path());
+        assign(&file, DEFAULT_SUBNET, &[req("web", None)]).unwrap();
+        // The temporary file cannot be written (as on a full disk): the same assignments need
+        // no write, a new one reports the failure and the old file stays.
+        let blocker = file.with_extension("json.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        assign(&file, DEFAULT_SUBNET, &[req("web", None)]).unwrap();
+        assert!(assign(&file, DEFAULT_SUBNET, &[req("web", None), req("db", None)]).is_err());
+        let saved: Saved = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(saved.containers.len(), 1);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `containers/NAME/log` holds the live file, `log.1` ... `log.(files-1)` the older ones. The
 //! log is written next to the console copy (see [`super::output`]); a failed write (disk full)
 //! is reported once on the console and the line is dropped from the file only, and writing
-//! resumes by itself when it succeeds again.
+//! resumes by itself when it succeeds again, which the console also says.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -86,7 +86,14 @@ impl LogFile {
         line.extend_from_slice(text);
         line.push(b'\n');
         match self.append(&line) {
-            Ok(()) => self.failing = false,
+            Ok(()) => {
+                if self.failing {
+                    self.failing = false;
+                    console::emit(&Event::LogResumed {
+                        container: &self.container,
+                    });
+                }
+            }
             Err(e) => {
                 self.file = None;
                 if !self.failing {

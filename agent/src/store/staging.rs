@@ -1,14 +1,22 @@
 //! The store's `tmp/` directory: unique scratch names for files and layer directories that
-//! are renamed into place once complete. Whatever is still there at open is a crash leftover.
+//! are renamed into place once complete. Whatever is still there at open is a crash leftover,
+//! except the scratch paths this process handed out: berthd opens the store again in other
+//! threads (a registry pull retried in the background, an API request) while an import may be
+//! writing there.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Every scratch path this process handed out: possibly in use, never a crash leftover.
+static HANDED_OUT: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
 /// Allocates scratch paths inside `tmp/`.
 #[derive(Debug, Clone)]
@@ -29,14 +37,24 @@ impl Staging {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        self.dir
-            .join(format!("{what}-{}-{nanos}-{n}", std::process::id()))
+        let path = self
+            .dir
+            .join(format!("{what}-{}-{nanos}-{n}", std::process::id()));
+        if let Ok(mut handed_out) = HANDED_OUT.lock() {
+            handed_out.insert(path.clone());
+        }
+        path
     }
 
-    /// Removes everything inside `tmp/` (crash leftovers).
+    /// Removes everything inside `tmp/` (crash leftovers) but the paths this process handed
+    /// out.
     pub fn clear(&self) -> io::Result<()> {
+        let handed_out = HANDED_OUT.lock().map(|set| set.clone()).unwrap_or_default();
         for entry in fs::read_dir(&self.dir)? {
-            remove_tree(&entry?.path())?;
+            let path = entry?.path();
+            if !handed_out.contains(&path) {
+                remove_tree(&path)?;
+            }
         }
         Ok(())
     }

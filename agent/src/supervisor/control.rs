@@ -1,7 +1,6 @@
 //! The supervisor's side of the API: answer each [`Command`] from the API thread between two
 //! rounds of the main loop, so every change to the containers happens on one thread.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, TryRecvError};
 
@@ -136,10 +135,11 @@ impl Control {
             }
         }
         if let Err(e) = save_manifest(&self.state_dir, text) {
-            return Reply::Conflict(format!(
-                "cannot save the manifest in {}: {e}; nothing was changed",
-                self.state_dir.display()
-            ));
+            let what = format!("{}; nothing was changed", error_chain(&e));
+            console::emit(&Event::Error {
+                what: format!("apply: {what}"),
+            });
+            return Reply::Conflict(what);
         }
         if let Err(e) = super::set_host_hostname(&hostname) {
             console::emit(&Event::Error {
@@ -176,18 +176,16 @@ fn done(result: Result<(), super::ControlError>, name: &str) -> Reply {
     }
 }
 
-/// Write `text` to `STATE/manifest.toml` atomically (temporary file, fsync, rename, fsync of
-/// the directory).
-pub fn save_manifest(state_dir: &Path, text: &str) -> std::io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
-    let tmp = state_dir.join(format!(".{SAVED_MANIFEST}.tmp"));
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, state_dir.join(SAVED_MANIFEST))?;
-    std::fs::File::open(state_dir)?.sync_all()
+/// Write `text` to `STATE/manifest.toml` atomically (see [`crate::config_source::LastGood`]):
+/// a power cut at any point leaves the old or the new manifest, never a mix, and a failed write
+/// (disk full) leaves the old manifest in place.
+pub fn save_manifest(
+    state_dir: &Path,
+    text: &str,
+) -> Result<(), crate::config_source::last_good::SaveError> {
+    crate::config_source::LastGood::in_state_dir(state_dir)
+        .save(text.as_bytes())
+        .map(|_| ())
 }
 
 fn status(slot: &Slot, ip: Option<std::net::Ipv4Addr>) -> ContainerStatus {
@@ -224,6 +222,7 @@ fn status(slot: &Slot, ip: Option<std::net::Ipv4Addr>) -> ContainerStatus {
 /// Every container and the host state.
 pub fn host_status<R: Runner, C: Clock>(sup: &Supervisor<R, C>) -> HostStatus {
     let failed = sup.degraded().to_vec();
+    let counts = crate::procstat::count(Path::new("/proc"));
     HostStatus {
         host: if failed.is_empty() { "ok" } else { "degraded" }.to_owned(),
         failed,
@@ -232,6 +231,9 @@ pub fn host_status<R: Runner, C: Clock>(sup: &Supervisor<R, C>) -> HostStatus {
             .iter()
             .map(|s| status(s, sup.runner().address_of(&s.plan.name)))
             .collect(),
+        processes: counts.map(|c| c.processes),
+        zombies: counts.map(|c| c.zombies),
+        agent_rss_kib: crate::procstat::own_rss_kib(),
     }
 }
 
@@ -254,5 +256,40 @@ fn detail(slot: &Slot, ip: Option<std::net::Ipv4Addr>) -> ContainerDetail {
         log_path: plan.log_path(),
         log_max_size: plan.supervision.log.max_size,
         log_files: plan.supervision.log.files,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_manifest_replaces_the_old_one_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        save_manifest(tmp.path(), "version = 1\n# old\n").unwrap();
+        save_manifest(tmp.path(), "version = 1\n# new\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join(SAVED_MANIFEST)).unwrap(),
+            "version = 1\n# new\n"
+        );
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [SAVED_MANIFEST]);
+    }
+
+    #[test]
+    fn a_failed_save_leaves_the_old_manifest() {
+        let tmp = tempfile::tempdir().unwrap();
+        save_manifest(tmp.path(), "version = 1\n# old\n").unwrap();
+        // The temporary file cannot be written (as on a full disk): the old manifest stays,
+        // nothing was written over it in place.
+        std::fs::create_dir(tmp.path().join(format!(".{SAVED_MANIFEST}.tmp"))).unwrap();
+        assert!(save_manifest(tmp.path(), "version = 1\n# new\n").is_err());
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join(SAVED_MANIFEST)).unwrap(),
+            "version = 1\n# old\n"
+        );
     }
 }

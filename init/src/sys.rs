@@ -611,6 +611,9 @@ mod tests {
             signals: SignalFd::with_flags(&SigSet::empty(), SfdFlags::SFD_CLOEXEC).unwrap(),
             buttons: Vec::new(),
             start: Instant::now(),
+            fd_store: None,
+            // Only `reap` runs here: nothing is recorded.
+            reaped_dir: std::env::temp_dir().join("berth-storm-reaped"),
         };
         // `(true &)`: the subshell starts `true` in the background and exits at once, so
         // `true` is orphaned and reparented to the nearest subreaper: us. The sleepers at the

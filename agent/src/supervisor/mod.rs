@@ -1022,12 +1022,11 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
         let slot = &mut self.slots[index];
         match self.runner.launch(&slot.plan.init) {
             Ok(launched) => {
-                let copiers = self.copiers(index, launched.stdout, launched.stderr);
                 let slot = &mut self.slots[index];
                 slot.state = State::Running {
                     pid: launched.pid,
                     start_time: launched.start_time,
-                    copiers,
+                    copiers: Vec::new(),
                     since: self.clock.now(),
                     kill_at: None,
                 };
@@ -1052,6 +1051,16 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
                         adopted: false,
                     },
                 );
+                // Copying starts only now, so the container's first lines always come after
+                // its `state=running` line on the console (the pipe holds them meanwhile).
+                let copiers = self.copiers(index, launched.stdout, launched.stderr);
+                if let State::Running {
+                    copiers: slot_copiers,
+                    ..
+                } = &mut self.slots[index].state
+                {
+                    *slot_copiers = copiers;
+                }
                 true
             }
             Err(err) => {

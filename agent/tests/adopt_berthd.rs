@@ -1,7 +1,8 @@
 //! Host test of berthd re-adopting its containers after `kill -9`, with this test process in
 //! PID 1's role: it holds the fd store socket pair, is the child subreaper the orphaned
 //! containers are re-parented to, records their exit codes in `RUN/reaped/PID` and starts
-//! berthd again. A changed spec is not adopted: that container is killed and started anew.
+//! berthd again. A changed spec is not adopted: that container is killed and started anew; a
+//! container that exited and stays down is not run again.
 //!
 //! Needs root and a static busybox at /bin/busybox. The test thread moves to new UTS and
 //! network namespaces first, so every berthd it starts shares them (its bridge and NAT table
@@ -269,7 +270,8 @@ fn killed_berthd_readopts_running_containers_and_replaces_changed_ones() {
     kill(Pid::from_raw(other), Signal::SIGTERM).unwrap();
     pid1.wait_for("berth: container=other state=exited code=3", 1);
 
-    // A changed spec is not adopted: the old process is killed and a new one started.
+    // A changed spec is not adopted: the old process is killed and a new one started. The
+    // exited container (restart = "no") is not run again by the new berthd.
     pid1.kill_agent();
     fs::write(
         tmp.path().join("manifest.toml"),
@@ -277,8 +279,9 @@ fn killed_berthd_readopts_running_containers_and_replaces_changed_ones() {
     )
     .unwrap();
     pid1.spawn();
-    pid1.wait_for("berth: ready containers=2/2", 3);
+    pid1.wait_for("berth: ready containers=1/2", 1);
     let console = pid1.console();
+    assert_eq!(console.matches("container=other state=created").count(), 1);
     assert!(console.contains(&format!(
         "berth: warning: container=ticker: pid={ticker} of the previous berthd is not adopted: its spec changed; it is started again"
     )));

@@ -237,7 +237,7 @@ fn main() -> ExitCode {
     runner.network = network.clone();
     // Containers the previous berthd left running (it was killed and PID 1 restarted it)
     // are taken over; the others in its state file are killed and start again below.
-    let adoptions = supervisor::adopt::recover(
+    let recovered = supervisor::adopt::recover(
         &run_dir,
         store.as_mut(),
         plans.as_deref().unwrap_or_default(),
@@ -282,7 +282,7 @@ fn main() -> ExitCode {
             .then(|| nix::unistd::Pid::from_raw(1)),
         network: network.clone(),
     };
-    sup.adopt(adoptions);
+    sup.adopt(recovered);
     if started {
         sup.start_all();
     }

@@ -4,9 +4,11 @@
 //! re-parented to PID 1. So that the new berthd takes them over instead of starting them
 //! again, three things outlive berthd:
 //!
-//! - the runtime state file `RUN_DIR/containers.json`, rewritten (atomically) whenever the set
-//!   of running containers changes: per container its pid, the pid's start time (so a reused
-//!   pid is not mistaken for it), a hash of its plan and its restart count;
+//! - the runtime state file `RUN_DIR/containers.json`, rewritten (atomically) whenever a
+//!   container's state changes: per running container its pid, the pid's start time (so a
+//!   reused pid is not mistaken for it), a hash of its plan and its restart count; per container
+//!   that ended and stays down (exited, failed, stopped) how it ended, so a completed one-shot
+//!   container is not run a second time;
 //! - its output pipes, in PID 1's fd store (see [`crate::runtime::fdstore`]);
 //! - its exit code, should it end while re-parented: PID 1 reaps it and writes the code to
 //!   `RUN_DIR/reaped/PID`, which berthd reads when the container's pidfd says it ended
@@ -104,18 +106,73 @@ pub struct Record {
     pub started_ms: Option<u64>,
 }
 
+/// A container that had ended and stayed down under the previous berthd, or whose process
+/// ended while no berthd was running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ended {
+    /// Container name.
+    pub name: String,
+    /// [`spec_hash`] of the plan it ran with (a changed plan starts afresh).
+    pub spec: String,
+    /// Its restart count.
+    pub restarts: u32,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// How an [`Ended`] container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Outcome {
+    /// It exited and its restart policy keeps it down.
+    Exited {
+        /// Exit code.
+        code: i32,
+        /// Killed by the OOM killer.
+        oom: bool,
+    },
+    /// Its restart policy gave up.
+    Failed {
+        /// Its last exit code.
+        code: i32,
+    },
+    /// An operator stopped it.
+    Stopped {
+        /// Its exit code, when it was running.
+        code: Option<i32>,
+    },
+    /// It was running when berthd died and ended before this berthd started: its restart
+    /// policy decides what happens next, as for any exit. Never saved.
+    EndedWhileDown {
+        /// The code PID 1 recorded ([`UNKNOWN_EXIT`] when none).
+        code: i32,
+    },
+}
+
+/// What the state file holds.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Saved {
+    /// The running containers.
+    pub running: Vec<Record>,
+    /// The containers that ended and stay down.
+    pub ended: Vec<Ended>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateFile {
     version: u32,
     containers: Vec<Record>,
+    #[serde(default)]
+    ended: Vec<Ended>,
 }
 
-/// The records of the state file at `path` (none when it does not exist).
-pub fn load(path: &Path) -> Result<Vec<Record>, AdoptError> {
+/// What the state file at `path` holds (nothing when it does not exist).
+pub fn load(path: &Path) -> Result<Saved, AdoptError> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Saved::default()),
         Err(source) => {
             return Err(AdoptError::Read {
                 path: path.to_path_buf(),
@@ -134,18 +191,22 @@ pub fn load(path: &Path) -> Result<Vec<Record>, AdoptError> {
             file.version
         ))));
     }
-    Ok(file.containers)
+    Ok(Saved {
+        running: file.containers,
+        ended: file.ended,
+    })
 }
 
-/// Write `records` to `path` atomically (a temporary file renamed over it).
-pub fn save(path: &Path, records: &[Record]) -> Result<(), AdoptError> {
+/// Write `saved` to `path` atomically (a temporary file renamed over it).
+pub fn save(path: &Path, saved: &Saved) -> Result<(), AdoptError> {
     let write = |source| AdoptError::Write {
         path: path.to_path_buf(),
         source,
     };
     let file = StateFile {
         version: VERSION,
-        containers: records.to_vec(),
+        containers: saved.running.clone(),
+        ended: saved.ended.clone(),
     };
     let text = serde_json::to_vec_pretty(&file).map_err(|e| write(io::Error::other(e)))?;
     if let Some(dir) = path.parent() {
@@ -307,24 +368,52 @@ fn clear_reaped(dir: &Path) {
     }
 }
 
+/// The exit code PID 1 recorded for orphan `pid` in `reaped_dir`, if any.
+fn recorded_exit(reaped_dir: &Path, pid: i32) -> Option<i32> {
+    fs::read_to_string(reaped_dir.join(pid.to_string()))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// What [`recover`] found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The containers taken over.
+    pub adopted: Vec<Adoption>,
+    /// The containers that ended under the previous berthd (or while none ran) and whose plan
+    /// is unchanged.
+    pub ended: Vec<Ended>,
+}
+
 /// Take over what the previous berthd left running (see the module docs). Containers that are
 /// not adopted are killed when still running, with a console warning saying why; the caller
-/// starts them like the others.
-pub fn recover(
-    run_dir: &Path,
-    store: Option<&mut FdStore>,
-    plans: &[ContainerPlan],
-) -> Vec<Adoption> {
-    let records = match load(&run_dir.join(STATE_FILE)) {
-        Ok(records) => records,
+/// starts them like the others, except those in [`Recovered::ended`].
+pub fn recover(run_dir: &Path, store: Option<&mut FdStore>, plans: &[ContainerPlan]) -> Recovered {
+    let saved = match load(&run_dir.join(STATE_FILE)) {
+        Ok(saved) => saved,
         Err(e) => {
             console::emit(&Event::Warning {
                 what: error_chain(&e),
             });
-            Vec::new()
+            Saved::default()
         }
     };
-    clear_reaped(&run_dir.join(REAPED_DIR));
+    let spec_of = |name: &str| plans.iter().find(|p| p.name == name).map(spec_hash);
+    let mut ended: Vec<Ended> = saved
+        .ended
+        .into_iter()
+        .filter(|e| spec_of(&e.name).as_deref() == Some(e.spec.as_str()))
+        .collect();
+    let reaped_dir = run_dir.join(REAPED_DIR);
+    let records = saved.running;
+    // Exits of recorded containers that ended while no berthd ran, before they are cleared.
+    let exits: Vec<Option<i32>> = records
+        .iter()
+        .map(|r| recorded_exit(&reaped_dir, r.pid))
+        .collect();
+    clear_reaped(&reaped_dir);
     let mut entries = match store {
         Some(store) => store
             .rotate(|key| {
@@ -341,11 +430,11 @@ pub fn recover(
         None => Vec::new(),
     };
     let mut adopted = Vec::new();
-    for record in records {
+    for (record, exit) in records.into_iter().zip(exits) {
         // Opened before the start time is checked: if the check passes, the pidfd is the
         // recorded process's.
         let pidfd = pidfd_open(record.pid).ok();
-        let spec = plans.iter().find(|p| p.name == record.name).map(spec_hash);
+        let spec = spec_of(&record.name);
         let pipes = entries
             .iter()
             .position(|e| e.key.container == record.name && e.key.pid == record.pid);
@@ -361,6 +450,16 @@ pub fn recover(
                     stdout: entry.stdout,
                     stderr: entry.stderr,
                     pidfd,
+                });
+            }
+            (Verdict::Gone, _, _) if spec.as_deref() == Some(record.spec.as_str()) => {
+                ended.push(Ended {
+                    name: record.name,
+                    spec: record.spec,
+                    restarts: record.restarts,
+                    outcome: Outcome::EndedWhileDown {
+                        code: exit.unwrap_or(UNKNOWN_EXIT),
+                    },
                 });
             }
             (verdict, pidfd, _) => {
@@ -385,7 +484,7 @@ pub fn recover(
             }
         }
     }
-    adopted
+    Recovered { adopted, ended }
 }
 
 /// An adopted container being watched.
@@ -453,13 +552,9 @@ impl Orphans {
         let dir = self.dir.clone();
         self.watched.retain(|w| {
             let Some(ended) = w.ended else { return true };
-            let file = dir.join(w.pid.as_raw().to_string());
-            let code = fs::read_to_string(&file)
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok());
-            match code {
+            match recorded_exit(&dir, w.pid.as_raw()) {
                 Some(code) => {
-                    let _ = fs::remove_file(&file);
+                    let _ = fs::remove_file(dir.join(w.pid.as_raw().to_string()));
                     exits.push((w.pid, code));
                     false
                 }
@@ -503,12 +598,34 @@ mod tests {
     fn state_file_round_trips_atomically() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("run").join(STATE_FILE);
-        assert_eq!(load(&path).unwrap(), Vec::new());
-        let records = vec![record("web", 10, 500, "aa"), record("db", 11, 501, "bb")];
-        save(&path, &records).unwrap();
-        assert_eq!(load(&path).unwrap(), records);
-        save(&path, &[]).unwrap();
-        assert_eq!(load(&path).unwrap(), Vec::new());
+        assert_eq!(load(&path).unwrap(), Saved::default());
+        let saved = Saved {
+            running: vec![record("web", 10, 500, "aa"), record("db", 11, 501, "bb")],
+            ended: vec![
+                Ended {
+                    name: "migrate".into(),
+                    spec: "cc".into(),
+                    restarts: 0,
+                    outcome: Outcome::Exited {
+                        code: 0,
+                        oom: false,
+                    },
+                },
+                Ended {
+                    name: "debug".into(),
+                    spec: "dd".into(),
+                    restarts: 1,
+                    outcome: Outcome::Stopped { code: Some(143) },
+                },
+            ],
+        };
+        save(&path, &saved).unwrap();
+        assert_eq!(load(&path).unwrap(), saved);
+        save(&path, &Saved::default()).unwrap();
+        assert_eq!(load(&path).unwrap(), Saved::default());
+        // A file without `ended` (nothing had ended) still loads.
+        fs::write(&path, "{\"version\": 1, \"containers\": []}").unwrap();
+        assert_eq!(load(&path).unwrap(), Saved::default());
         let names: Vec<_> = fs::read_dir(path.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())

@@ -91,7 +91,7 @@ pub trait Runner {
     /// `pidfd`.
     fn adopt(&mut self, _plan: &ContainerPlan, _pid: Pid, _pidfd: OwnedFd) {}
     /// The running containers changed: record them so that a restarted berthd can adopt them.
-    fn persist(&mut self, _running: &[adopt::Record]) {}
+    fn persist(&mut self, _saved: &adopt::Saved) {}
 }
 
 /// A health check to run.
@@ -262,11 +262,12 @@ impl Runner for HostRunner {
         self.orphans.watch(pid, pidfd);
     }
 
-    fn persist(&mut self, running: &[adopt::Record]) {
+    fn persist(&mut self, saved: &adopt::Saved) {
         let Some(path) = &self.state_file else {
             return;
         };
-        if let Err(e) = adopt::save(path, running) {
+        let running = &saved.running;
+        if let Err(e) = adopt::save(path, saved) {
             console::emit(&Event::Warning {
                 what: error_chain(&e),
             });
@@ -616,8 +617,8 @@ pub struct Supervisor<R: Runner, C: Clock = SystemClock> {
     /// Essential containers currently failing (non-empty: the host is degraded).
     degraded: Vec<String>,
     shutting_down: bool,
-    /// The running containers last given to [`Runner::persist`] (name, pid).
-    persisted: Option<Vec<(String, Pid)>>,
+    /// What was last given to [`Runner::persist`], in short (name, state, pid, restarts).
+    persisted: Option<Vec<(String, &'static str, Option<Pid>, u32)>>,
 }
 
 impl<R: Runner> Supervisor<R, SystemClock> {
@@ -770,15 +771,38 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
 
     /// Give the running containers to [`Runner::persist`] when they changed since last time.
     fn persist(&mut self) {
-        let running: Vec<(String, Pid)> = self
+        let key: Vec<(String, &'static str, Option<Pid>, u32)> = self
             .slots
             .iter()
-            .filter_map(|s| Some((s.plan.name.clone(), s.pid()?)))
+            .map(|s| (s.plan.name.clone(), s.state.name(), s.pid(), s.restarts))
             .collect();
-        if self.persisted.as_ref() == Some(&running) {
+        if self.persisted.as_ref() == Some(&key) {
             return;
         }
-        let records: Vec<adopt::Record> = self
+        let ended: Vec<adopt::Ended> = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let outcome = match s.state {
+                    State::Exited { code, reason } => adopt::Outcome::Exited {
+                        code,
+                        oom: reason == Some("oom"),
+                    },
+                    State::Failed { code } => adopt::Outcome::Failed { code },
+                    State::Stopped { code } if !self.shutting_down => {
+                        adopt::Outcome::Stopped { code }
+                    }
+                    _ => return None,
+                };
+                Some(adopt::Ended {
+                    name: s.plan.name.clone(),
+                    spec: adopt::spec_hash(&s.plan),
+                    restarts: s.restarts,
+                    outcome,
+                })
+            })
+            .collect();
+        let running: Vec<adopt::Record> = self
             .slots
             .iter()
             .filter_map(|s| match s.state {
@@ -795,16 +819,47 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
                 _ => None,
             })
             .collect();
-        self.runner.persist(&records);
-        self.persisted = Some(running);
+        self.runner.persist(&adopt::Saved { running, ended });
+        self.persisted = Some(key);
     }
 
-    /// Take over containers the previous berthd left running (see [`adopt::recover`]): each
-    /// is running again with its pid, restart count and output, its health checks start over,
-    /// and `container=NAME state=running pid=N adopted` is reported. An adoption whose
-    /// container is not declared is ignored (its pipes close).
-    pub fn adopt(&mut self, adoptions: Vec<adopt::Adoption>) {
-        for adoption in adoptions {
+    /// Take over what the previous berthd left (see [`adopt::recover`]). Each running
+    /// container is running again with its pid, restart count and output, its health checks
+    /// start over, and `container=NAME state=running pid=N adopted` is reported. A container
+    /// that had ended and stayed down keeps that state (a completed one-shot is not run again);
+    /// one that ended while no berthd ran is reported exited and its restart policy applies.
+    /// What names an undeclared container is ignored (its pipes close).
+    pub fn adopt(&mut self, recovered: adopt::Recovered) {
+        for ended in recovered.ended {
+            let Some(index) = self.index_of(&ended.name) else {
+                continue;
+            };
+            let slot = &mut self.slots[index];
+            if !matches!(slot.state, State::Pending) {
+                continue;
+            }
+            slot.started_once = true;
+            slot.restarts = ended.restarts;
+            match ended.outcome {
+                adopt::Outcome::Exited { code, oom } => {
+                    slot.last_exit = Some(code);
+                    slot.state = State::Exited {
+                        code,
+                        reason: oom.then_some("oom"),
+                    };
+                }
+                adopt::Outcome::Failed { code } => {
+                    slot.last_exit = Some(code);
+                    slot.state = State::Failed { code };
+                }
+                adopt::Outcome::Stopped { code } => {
+                    slot.last_exit = code;
+                    slot.state = State::Stopped { code };
+                }
+                adopt::Outcome::EndedWhileDown { code } => self.ended(index, code, None),
+            }
+        }
+        for adoption in recovered.adopted {
             let record = adoption.record;
             let Some(index) = self.index_of(&record.name) else {
                 continue;
@@ -1523,6 +1578,7 @@ mod tests {
         launched: Vec<String>,
         adopted: Vec<(String, Pid)>,
         persisted: Vec<Vec<adopt::Record>>,
+        persisted_ended: Vec<Vec<adopt::Ended>>,
     }
 
     impl Runner for FakeRunner {
@@ -1575,8 +1631,9 @@ mod tests {
         fn adopt(&mut self, plan: &ContainerPlan, pid: Pid, _pidfd: OwnedFd) {
             self.adopted.push((plan.name.clone(), pid));
         }
-        fn persist(&mut self, running: &[adopt::Record]) {
-            self.persisted.push(running.to_vec());
+        fn persist(&mut self, saved: &adopt::Saved) {
+            self.persisted.push(saved.running.clone());
+            self.persisted_ended.push(saved.ended.clone());
         }
         fn probe_results(&mut self) -> Vec<ProbeResult> {
             std::mem::take(&mut self.results)
@@ -2314,6 +2371,131 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_berthd_keeps_ended_containers_down_and_applies_policies_to_exits_it_missed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path();
+        let migrate = plan("migrate", Signal::SIGTERM);
+        let mut worker = plan("worker", Signal::SIGTERM);
+        worker.supervision.restart = RestartPolicy::OnFailure;
+        let mut oneshot = plan("oneshot", Signal::SIGTERM);
+        oneshot.supervision.restart = RestartPolicy::No;
+        let changed = plan("changed", Signal::SIGTERM);
+        let fresh = plan("fresh", Signal::SIGTERM);
+        let plans = vec![
+            migrate.clone(),
+            worker.clone(),
+            oneshot.clone(),
+            changed.clone(),
+            fresh.clone(),
+        ];
+        // Pids of processes that are gone: children that ran and were reaped.
+        let dead = || {
+            let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+            let pid = child.id() as i32;
+            child.wait().unwrap();
+            pid
+        };
+        let (worker_pid, oneshot_pid) = (dead(), dead());
+        let running = |p: &ContainerPlan, pid: i32| adopt::Record {
+            name: p.name.clone(),
+            pid,
+            start_time: 1,
+            spec: adopt::spec_hash(p),
+            restarts: 2,
+            started_ms: None,
+        };
+        let saved = adopt::Saved {
+            running: vec![running(&worker, worker_pid), running(&oneshot, oneshot_pid)],
+            ended: vec![
+                adopt::Ended {
+                    name: "migrate".into(),
+                    spec: adopt::spec_hash(&migrate),
+                    restarts: 0,
+                    outcome: adopt::Outcome::Exited {
+                        code: 0,
+                        oom: false,
+                    },
+                },
+                adopt::Ended {
+                    name: "changed".into(),
+                    spec: "not-its-spec-any-more".into(),
+                    restarts: 0,
+                    outcome: adopt::Outcome::Exited {
+                        code: 0,
+                        oom: false,
+                    },
+                },
+            ],
+        };
+        adopt::save(&run.join(adopt::STATE_FILE), &saved).unwrap();
+        // PID 1 recorded the worker's crash (code 3); the one-shot's code was not recorded.
+        std::fs::create_dir_all(run.join(adopt::REAPED_DIR)).unwrap();
+        std::fs::write(
+            run.join(adopt::REAPED_DIR).join(worker_pid.to_string()),
+            "3\n",
+        )
+        .unwrap();
+
+        let recovered = adopt::recover(run, None, &plans);
+        assert!(recovered.adopted.is_empty());
+        let mut ended: Vec<(String, adopt::Outcome)> = recovered
+            .ended
+            .iter()
+            .map(|e| (e.name.clone(), e.outcome))
+            .collect();
+        ended.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            ended,
+            vec![
+                (
+                    "migrate".into(),
+                    adopt::Outcome::Exited {
+                        code: 0,
+                        oom: false
+                    }
+                ),
+                (
+                    "oneshot".into(),
+                    adopt::Outcome::EndedWhileDown {
+                        code: adopt::UNKNOWN_EXIT
+                    }
+                ),
+                ("worker".into(), adopt::Outcome::EndedWhileDown { code: 3 }),
+            ]
+        );
+        assert!(std::fs::read_dir(run.join(adopt::REAPED_DIR))
+            .unwrap()
+            .next()
+            .is_none());
+
+        let mut sup = Supervisor::new(SupervisorConfig::default(), FakeRunner::default(), plans);
+        sup.adopt(recovered);
+        sup.start_all();
+        // The completed migration and the one-shot stay down; the crashed worker is restarted
+        // by its policy (after its delay); the changed and the new container start now.
+        assert_eq!(
+            sup.runner().launched,
+            vec!["changed".to_string(), "fresh".to_string()]
+        );
+        assert_eq!(sup.slot("migrate").unwrap().state.name(), "exited");
+        assert_eq!(sup.slot("oneshot").unwrap().state.name(), "exited");
+        let worker = sup.slot("worker").unwrap();
+        assert_eq!(worker.state.name(), "restarting");
+        assert_eq!(worker.restarts, 3);
+        assert_eq!(worker.last_exit, Some(3));
+        // What stays down is recorded for the next berthd.
+        let names: Vec<String> = sup
+            .runner()
+            .persisted_ended
+            .last()
+            .unwrap()
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        assert_eq!(names, vec!["migrate".to_string(), "oneshot".to_string()]);
+    }
+
+    #[test]
     fn adopted_containers_keep_pid_and_restarts_and_are_not_started_again() {
         let web = plan("web", Signal::SIGTERM);
         let mut sup = Supervisor::new(
@@ -2332,12 +2514,15 @@ mod tests {
             restarts: 3,
             started_ms: Some(1234),
         };
-        sup.adopt(vec![adopt::Adoption {
-            record: record.clone(),
-            stdout,
-            stderr,
-            pidfd,
-        }]);
+        sup.adopt(adopt::Recovered {
+            adopted: vec![adopt::Adoption {
+                record: record.clone(),
+                stdout,
+                stderr,
+                pidfd,
+            }],
+            ended: Vec::new(),
+        });
         assert_eq!(sup.pid_of("web"), Some(Pid::from_raw(77)));
         let slot = sup.slot("web").unwrap();
         assert_eq!((slot.restarts, slot.started_ms), (3, Some(1234)));

@@ -417,6 +417,9 @@ impl Default for SupervisorConfig {
     }
 }
 
+/// What decides whether the runtime state must be written again: name, state, pid, restarts.
+type PersistKey = (String, &'static str, Option<Pid>, u32);
+
 /// Where a container is in its life.
 #[derive(Debug)]
 pub enum State {
@@ -618,7 +621,7 @@ pub struct Supervisor<R: Runner, C: Clock = SystemClock> {
     degraded: Vec<String>,
     shutting_down: bool,
     /// What was last given to [`Runner::persist`], in short (name, state, pid, restarts).
-    persisted: Option<Vec<(String, &'static str, Option<Pid>, u32)>>,
+    persisted: Option<Vec<PersistKey>>,
 }
 
 impl<R: Runner> Supervisor<R, SystemClock> {
@@ -771,7 +774,7 @@ impl<R: Runner, C: Clock> Supervisor<R, C> {
 
     /// Give the running containers to [`Runner::persist`] when they changed since last time.
     fn persist(&mut self) {
-        let key: Vec<(String, &'static str, Option<Pid>, u32)> = self
+        let key: Vec<PersistKey> = self
             .slots
             .iter()
             .map(|s| (s.plan.name.clone(), s.state.name(), s.pid(), s.restarts))

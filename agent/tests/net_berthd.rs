@@ -35,6 +35,7 @@ fn busybox_image(dir: &Path) -> PathBuf {
     fs::copy(busybox, root.join("bin/busybox")).unwrap();
     for applet in [
         "sh", "echo", "cat", "sleep", "mkdir", "httpd", "wget", "ping", "seq", "hostname",
+        "timeout",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -69,7 +70,7 @@ command = ["/bin/sh", "-c", "mkdir -p /www && echo hello-from-server > /www/inde
 image = "busybox"
 command = ["/bin/sh", "-c", '''
 for i in $(seq 1 100); do
-  if out=$(wget -q -T 2 -O - http://server/); then echo "by-name: $out"; break; fi
+  if out=$(timeout 2 wget -q -O - http://server/); then echo "by-name: $out"; break; fi
   sleep 0.2
 done
 ping -c 1 -W 2 server >/dev/null && echo "ping-ok"
@@ -81,7 +82,7 @@ image = "busybox"
 command = ["/bin/sh", "-c", '''
 trap 'exit 0' TERM
 for i in $(seq 1 300); do
-  if out=$(wget -q -T 2 -O - http://192.168.250.2:8081/); then echo "egress: $out"; break; fi
+  if out=$(timeout 2 wget -q -O - http://192.168.250.2:8081/); then echo "egress: $out"; break; fi
   sleep 0.2
 done
 sleep 1000 & wait

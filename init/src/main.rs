@@ -149,6 +149,20 @@ fn try_switch_root() {
     }
 }
 
+/// The agent writes the host's resolvers (DHCP lease or manifest) once / is read-only: link
+/// `/etc/resolv.conf` to a file on the /run tmpfs first, unless the image ships its own.
+fn link_resolv_conf() {
+    let path = std::path::Path::new("/etc/resolv.conf");
+    if std::fs::symlink_metadata(path).is_err() {
+        if let Err(e) = std::os::unix::fs::symlink(RUN_RESOLV_CONF, path) {
+            log!("warning: cannot link /etc/resolv.conf to {RUN_RESOLV_CONF}: {e}");
+        }
+    }
+}
+
+/// Where `/etc/resolv.conf` points; berthd writes it (the agent's `net::host::RUN_RESOLV_CONF`).
+const RUN_RESOLV_CONF: &str = "/run/resolv.conf";
+
 /// Remount the OS root (the tmpfs copy of the initramfs) read-only once everything that
 /// changes has its own mount: the state directory, /run, /tmp, /dev. Skipped, with a warning,
 /// when the state directory is not a mount of its own (the agent would write into the root).
@@ -226,6 +240,7 @@ fn boot(pid1_started: u64) -> Pid1 {
     let mode = guarded("state partition setup", state::StateMode::Ephemeral, || {
         state::setup(&|line| console::log(line))
     });
+    link_resolv_conf();
     seal_root();
     let state_mounted = timeline::boottime_ms();
     console::log(&timeline::phase_message("state_mounted", state_mounted));

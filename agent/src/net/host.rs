@@ -268,6 +268,10 @@ pub fn deconfigure(
     }
 }
 
+/// Where a berth host's `/etc/resolv.conf` link points (PID 1 makes the link; /etc is
+/// read-only).
+pub const RUN_RESOLV_CONF: &str = "/run/resolv.conf";
+
 /// The host's resolv.conf for these resolvers and search domain.
 pub fn resolv_conf_text(dns: &[Ipv4Addr], domain: Option<&str>, source: &str) -> String {
     let mut text = format!("# Written by berthd from the {source} configuration.\n");
@@ -284,9 +288,19 @@ pub fn resolv_conf_text(dns: &[Ipv4Addr], domain: Option<&str>, source: &str) ->
     text
 }
 
-/// Write `text` to `path` atomically: a temporary file next to it, then a rename (which also
-/// replaces a symlink at `path` rather than writing through it).
+/// Write `text` to `path` atomically: a temporary file next to it, then a rename. When `path`
+/// is a symlink, the file it names is the one replaced: on a berth host /etc is read-only and
+/// PID 1 links `/etc/resolv.conf` to [`RUN_RESOLV_CONF`] on the /run tmpfs.
 pub fn write_resolv_conf(path: &Path, text: &str) -> Result<(), HostNetError> {
+    let linked;
+    let path = match std::fs::read_link(path) {
+        Ok(target) => {
+            // A relative link is relative to the link's directory.
+            linked = path.parent().unwrap_or(Path::new("/")).join(target);
+            linked.as_path()
+        }
+        Err(_) => path,
+    };
     let fail = |source| HostNetError::ResolvConf {
         path: path.to_path_buf(),
         source,

@@ -129,29 +129,41 @@ fn resolv_conf_lists_search_domain_and_servers() {
 }
 
 #[test]
-fn resolv_conf_is_replaced_atomically_even_over_a_symlink() {
+fn resolv_conf_is_replaced_atomically_through_the_etc_link() {
     let dir = tempfile::tempdir().unwrap();
-    let target = dir.path().join("pnp");
-    std::fs::write(&target, "nameserver 9.9.9.9\n").unwrap();
-    let path = dir.path().join("etc/resolv.conf");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink(&target, &path).unwrap();
-    write_resolv_conf(&path, "nameserver 10.0.2.3\n").unwrap();
-    assert!(!std::fs::symlink_metadata(&path)
+    // A plain file is replaced, no temporary file left.
+    let plain = dir.path().join("plain/resolv.conf");
+    write_resolv_conf(&plain, "nameserver 10.0.2.3\n").unwrap();
+    write_resolv_conf(&plain, "nameserver 10.0.2.4\n").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&plain).unwrap(),
+        "nameserver 10.0.2.4\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("plain")).unwrap().count(),
+        1
+    );
+    // /etc/resolv.conf -> ../run/resolv.conf (the target need not exist yet): the link
+    // stays, the file it names is written, nothing is left in either directory.
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    let link = etc.join("resolv.conf");
+    std::os::unix::fs::symlink("../run/resolv.conf", &link).unwrap();
+    write_resolv_conf(&link, "nameserver 10.0.2.3\n").unwrap();
+    write_resolv_conf(&link, "nameserver 10.0.2.5\n").unwrap();
+    assert!(std::fs::symlink_metadata(&link)
         .unwrap()
         .file_type()
         .is_symlink());
     assert_eq!(
-        std::fs::read_to_string(&path).unwrap(),
-        "nameserver 10.0.2.3\n"
+        std::fs::read_to_string(dir.path().join("run/resolv.conf")).unwrap(),
+        "nameserver 10.0.2.5\n"
     );
+    assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 1);
     assert_eq!(
-        std::fs::read_to_string(&target).unwrap(),
-        "nameserver 9.9.9.9\n",
-        "not written through"
+        std::fs::read_dir(dir.path().join("run")).unwrap().count(),
+        1
     );
-    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
-    assert_eq!(leftovers.len(), 1, "no temporary file left");
 }
 
 #[test]

@@ -11,12 +11,13 @@
 
 use std::fs;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
+
+mod support;
 
 use berth_agent::net::{Firewall, NetlinkClient, NfTables, RtNetlink};
 use berth_agent::oci::{write_layout, LayoutImage};
@@ -107,25 +108,9 @@ impl Berthd {
             .args(["--stop-grace", "1"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // SAFETY: unshare is async-signal-safe and allocates nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::unshare(libc::CLONE_NEWUTS | libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        support::own_namespaces(&mut cmd, false);
         let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = support::console_lines(&mut child);
         Berthd {
             child,
             lines,

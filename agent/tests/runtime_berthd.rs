@@ -13,8 +13,10 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
+
+mod support;
 
 use berth_agent::oci::{write_layout, LayoutImage};
 use nix::sys::signal::{kill, Signal};
@@ -62,41 +64,9 @@ impl Berthd {
             .args(["--stop-grace", "0.5"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // SAFETY: unshare, socket, ioctl and close are async-signal-safe and allocate
-        // nothing; `ifr` lives on this stack frame for the ioctl.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::unshare(libc::CLONE_NEWUTS | libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // `lo` up in the new namespace, for the remote API on 127.0.0.1.
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let mut ifr: libc::ifreq = std::mem::zeroed();
-                ifr.ifr_name[0] = b'l' as libc::c_char;
-                ifr.ifr_name[1] = b'o' as libc::c_char;
-                ifr.ifr_ifru.ifru_flags =
-                    (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as i16;
-                let rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
-                libc::close(fd);
-                if rc != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        support::own_namespaces(&mut cmd, true);
         let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = support::console_lines(&mut child);
         Berthd {
             child,
             lines,
